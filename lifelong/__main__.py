@@ -1,0 +1,5 @@
+import sys
+
+from lifelong.platform.cli import main
+
+sys.exit(main())

@@ -1,0 +1,115 @@
+"""The ``lifelong`` command: run, strategies, data fetch."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from lifelong.platform.errors import LifelongError
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except LifelongError as err:
+        print(f"lifelong: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("lifelong: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lifelong", description="Distributed continual learning.")
+    sub = parser.add_subparsers(dest="command")
+
+    run = sub.add_parser("run", help="run an experiment: CONFIG.yaml [key=value ...]")
+    run.add_argument("config", help="YAML experiment file (see configs/)")
+    run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. strategy.lam=50")
+    run.add_argument("--no-progress", action="store_true", help="no live progress bars")
+    run.set_defaults(handler=_run)
+
+    strategies = sub.add_parser("strategies", help="list registered strategies")
+    strategies.set_defaults(handler=_strategies)
+
+    data = sub.add_parser("data", help="manage the local data cache")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    fetch = data_sub.add_parser("fetch", help="fetch and verify data sets into the cache")
+    fetch.add_argument("names", nargs="+", help="mnist, fashion_mnist, digits")
+    fetch.set_defaults(handler=_fetch)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from lifelong.platform.config import load_config
+    from lifelong.platform.driver import run
+
+    cfg = load_config(args.config, args.overrides)
+    console = Console()
+    outcome = run(cfg, console=console, progress=not args.no_progress)
+    console.print(_summary(outcome.R, outcome.init))
+    from lifelong.metrics import summarize
+
+    if outcome.R:
+        s = summarize(outcome.R, outcome.init)
+        console.print("  ".join(f"[bold]{k.upper()}[/] {v:+.4f}" if k != "acc" else f"[bold]ACC[/] {v:.4f}"
+                                for k, v in s.items()))
+    console.print(f"run {outcome.run_id} finished in {outcome.seconds:.1f}s. See it in the MLflow UI:")
+    console.print(f"  mlflow ui --backend-store-uri {_ui_uri(outcome.tracking_uri)}", soft_wrap=True)
+    return 0
+
+
+def _summary(R: list[list[float]], init: list[float]) -> Table:
+    table = Table(title="accuracy matrix R[i][j] (row: after task i; column: task j)")
+    table.add_column("after", justify="right")
+    for j in range(len(init)):
+        table.add_column(f"task {j}", justify="right")
+    table.add_row("init", *(f"{a:.3f}" for a in init), style="dim")
+    for i, row in enumerate(R):
+        table.add_row(str(i), *(f"[bold]{a:.3f}[/]" if i == j else f"{a:.3f}" for j, a in enumerate(row)))
+    return table
+
+
+def _ui_uri(uri: str) -> str:
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and uri[len(prefix):].startswith(os.getcwd() + "/"):
+        return prefix + os.path.relpath(uri[len(prefix):])
+    return uri
+
+
+def _strategies(_: argparse.Namespace) -> int:
+    from lifelong.strategies.registry import available
+
+    table = Table(title="strategies (use as strategy.name=NAME)")
+    for column in ("name", "description", "options", "proven ZeRO stages"):
+        table.add_column(column)
+    for name, cls in sorted(available().items()):
+        fields = [f for f in cls.Config.__dataclass_fields__ if f != "name"]
+        stages = ",".join(str(s) for s in sorted(cls.support.zero_stages))
+        workers = "" if cls.support.multi_worker else " (1 worker)"
+        table.add_row(name, cls.description, ", ".join(fields) or "-", stages + workers)
+    Console().print(table)
+    return 0
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from lifelong.streams.fetch import fetch
+
+    for name in args.names:
+        fetch(name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""The run configuration: one typed schema (OmegaConf structured configs).
+
+A run is described by YAML plus ``key=value`` overrides. Everything is checked
+against the dataclasses below before any compute starts; the strategy group is
+polymorphic, so its schema is the chosen strategy's own ``Config`` dataclass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from lifelong.platform.errors import ConfigError
+
+
+@dataclass
+class StreamConfig:
+    """Which real data set, cut into which sequence of tasks."""
+
+    dataset: str = "mnist"  # mnist | fashion_mnist | digits
+    scenario: str = "permuted"  # permuted | split
+    n_tasks: int = 5
+    classes_per_task: int = 2  # split only
+    setting: str = "domain"  # task | domain | class  (which labels the learner sees)
+    train_samples_per_task: Optional[int] = None  # subsample for quick runs; None = all
+    test_samples_per_task: Optional[int] = None
+    data_dir: Optional[str] = None  # directory of IDX files; None = the data cache
+
+
+@dataclass
+class ModelConfig:
+    hidden: list[int] = field(default_factory=lambda: [400, 400])
+    activation: str = "relu"  # relu | tanh
+
+
+@dataclass
+class StrategyConfig:
+    """Base of every strategy's config; ``name`` picks the strategy class."""
+
+    name: str = "naive"
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adam
+    lr: float = 0.05
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 1
+    batch_size: int = 128
+    eval_batch_size: int = 2048
+    log_every: int = 50  # steps between train-loss points in MLflow
+
+
+@dataclass
+class EngineConfig:
+    workers: int = 1
+    zero_stage: int = 0  # DeepSpeed ZeRO stage 0..3
+    backend: str = "deepspeed"  # deepspeed | torch (plain, unsharded reference)
+    cpus_per_worker: Optional[int] = None  # None = share this machine's cores evenly
+
+
+@dataclass
+class TrackingConfig:
+    uri: str = "sqlite:///mlruns.db"
+    experiment: str = "lifelong"
+    artifact_location: Optional[str] = None  # None = ./mlartifacts for local stores
+    run_name: Optional[str] = None
+
+
+@dataclass
+class RunConfig:
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    seed: int = 0
+
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "model.activation": ("relu", "tanh"),
+    "optim.name": ("sgd", "adam"),
+    "stream.setting": ("task", "domain", "class"),
+    "engine.backend": ("deepspeed", "torch"),
+}
+
+
+def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()) -> RunConfig:
+    """YAML file + dotted overrides -> a validated, typed ``RunConfig``.
+
+    Raises ``ConfigError`` (one line, naming the key) on anything wrong.
+    """
+    raw = _read_raw(path, overrides)
+    return build_config(raw)
+
+
+def build_config(raw: DictConfig | dict[str, Any]) -> RunConfig:
+    """Validate an untyped mapping against the schema (strategy schema included)."""
+    from lifelong.strategies.registry import resolve_strategy
+
+    raw = raw if isinstance(raw, DictConfig) else OmegaConf.create(raw)
+    strategy_name = OmegaConf.select(raw, "strategy.name", default="naive")
+    strategy_cls = resolve_strategy(str(strategy_name))
+    schema = OmegaConf.structured(RunConfig)
+    schema.strategy = OmegaConf.structured(strategy_cls.Config(name=str(strategy_name)))
+    try:
+        merged = OmegaConf.merge(schema, raw)
+    except OmegaConfBaseException as err:
+        raise ConfigError(_describe(err, strategy_cls)) from None
+    cfg: RunConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    _check_values(cfg)
+    return cfg
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def flatten(cfg: RunConfig) -> dict[str, str]:
+    """``{"optim.lr": "0.05", ...}`` for MLflow params."""
+    out: dict[str, str] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            out[prefix[:-1]] = str(node)
+
+    walk(OmegaConf.to_container(OmegaConf.structured(cfg)), "")
+    return out
+
+
+def _read_raw(path: Optional[str | Path], overrides: Sequence[str]) -> DictConfig:
+    base = OmegaConf.create()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            base = OmegaConf.load(p)
+        except Exception as err:  # yaml.YAMLError and friends
+            first = str(err).strip().splitlines()[0]
+            raise ConfigError(f"{p}: not valid YAML ({first})") from None
+        if not isinstance(base, DictConfig):
+            raise ConfigError(f"{p}: the top level must be a mapping of config groups")
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+    try:
+        return OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))  # type: ignore[return-value]
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"bad override: {str(err).splitlines()[0]}") from None
+
+
+def _describe(err: OmegaConfBaseException, strategy_cls: type) -> str:
+    key = getattr(err, "full_key", None) or "?"
+    msg = str(err).strip().splitlines()[0]
+    if "not in" in msg or "Key '" in msg and "not" in msg:
+        if key.startswith("strategy."):
+            known = ", ".join(f for f in strategy_cls.Config.__dataclass_fields__ if f != "name")
+            return f"{key}: unknown key (strategy '{strategy_cls.name}' accepts: {known or 'no options'})"
+        return f"{key}: unknown key"
+    return f"{key}: {msg}"
+
+
+def _check_values(cfg: RunConfig) -> None:
+    from lifelong.streams.registry import check_stream
+
+    flat = flatten(cfg)
+    for key, allowed in _CHOICES.items():
+        if flat[key] not in allowed:
+            raise ConfigError(f"{key}: {flat[key]!r} is not one of {', '.join(allowed)}")
+    positive = ["stream.n_tasks", "train.epochs", "train.batch_size", "train.eval_batch_size",
+                "train.log_every", "engine.workers"]
+    for key in positive:
+        if int(flat[key]) < 1:
+            raise ConfigError(f"{key}: must be >= 1, got {flat[key]}")
+    if cfg.engine.zero_stage not in (0, 1, 2, 3):
+        raise ConfigError(f"engine.zero_stage: must be 0, 1, 2 or 3, got {cfg.engine.zero_stage}")
+    if cfg.optim.lr <= 0:
+        raise ConfigError(f"optim.lr: must be > 0, got {cfg.optim.lr}")
+    if any(h < 1 for h in cfg.model.hidden):
+        raise ConfigError(f"model.hidden: layer widths must be >= 1, got {list(cfg.model.hidden)}")
+    check_stream(cfg.stream)

@@ -1,0 +1,101 @@
+"""``lifelong run``: validate, start Ray and MLflow, train on Ray Train workers, summarise.
+
+Ray starts embedded on 127.0.0.1 unless ``RAY_ADDRESS`` names a cluster (as it does
+inside a submitted Ray job). The MLflow run is created here, before any worker
+starts, and ended here: FINISHED, or FAILED with everything logged so far kept.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import OmegaConf
+from rich.console import Console
+
+from lifelong.platform.config import RunConfig
+from lifelong.platform.preflight import check_data, check_supported
+from lifelong.platform.tracking import (default_artifact_location, end_run, read_matrix,
+                                        resolve_uri, start_run)
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    tracking_uri: str
+    R: list[list[float]]
+    init: list[float]
+    seconds: float
+
+
+def run(cfg: RunConfig, console: Optional[Console] = None, progress: bool = True) -> RunOutcome:
+    console = console or Console()
+    t0 = time.time()
+    base = Path.cwd()
+    check_supported(cfg)
+    cfg = _absolute_paths(cfg, base)
+    check_data(cfg)
+    uri = resolve_uri(cfg.tracking.uri, base)
+    artifacts = cfg.tracking.artifact_location or default_artifact_location(uri, base)
+    run_id = start_run(cfg, uri, artifacts)
+    console.print(f"[bold]lifelong[/] run [cyan]{run_id}[/] · strategy {cfg.strategy.name} · "
+                  f"{cfg.engine.workers} worker(s), {cfg.engine.backend} ZeRO-{cfg.engine.zero_stage}")
+    status = "FAILED"
+    try:
+        _fit(cfg, uri, run_id, t0, console, progress)
+        status = "FINISHED"
+    finally:
+        end_run(uri, run_id, status)
+    matrix = read_matrix(uri, run_id) or {"R": [], "init": []}
+    return RunOutcome(run_id, uri, matrix["R"], matrix["init"], time.time() - t0)
+
+
+def _fit(cfg: RunConfig, uri: str, run_id: str, t0: float, console: Console, progress: bool) -> None:
+    import ray
+    from ray.train import RunConfig as RayRunConfig
+    from ray.train import ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from lifelong.platform.progress import ProgressBoard, run_with_progress
+    from lifelong.platform.worker import train_loop_per_worker
+
+    _init_ray()
+    workers = cfg.engine.workers
+    cpus = cfg.engine.cpus_per_worker or max(int(ray.available_resources().get("CPU", 1)) // workers, 1)
+    board = ProgressBoard.remote() if progress else None
+    payload = {"config": OmegaConf.to_container(OmegaConf.structured(cfg)), "tracking_uri": uri,
+               "run_id": run_id, "t0": t0, "threads": cpus, "progress": board}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=payload,
+        scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": cpus}),
+        run_config=RayRunConfig(name=f"lifelong-{run_id}",
+                                storage_path=str(Path(".lifelong/ray").resolve())),
+    )
+    if board is None:
+        trainer.fit()
+    else:
+        run_with_progress(trainer.fit, board, console)
+
+
+def _init_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=True,
+                 dashboard_host="127.0.0.1", configure_logging=False, log_to_driver=True)
+
+
+def _absolute_paths(cfg: RunConfig, base: Path) -> RunConfig:
+    """Workers run in Ray's own directories: hand them absolute paths only."""
+    if cfg.stream.data_dir:
+        cfg = replace(cfg, stream=replace(cfg.stream, data_dir=str((base / cfg.stream.data_dir).resolve())))
+    return cfg

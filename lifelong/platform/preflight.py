@@ -1,0 +1,34 @@
+"""Checks that run before any compute: refuse what cannot run correctly, with one line."""
+
+from __future__ import annotations
+
+from lifelong.platform.config import RunConfig
+from lifelong.platform.errors import UnsupportedError
+from lifelong.strategies.registry import resolve_strategy
+from lifelong.streams.datasets import IDX_SOURCES, find_idx_dir
+
+
+def check_supported(cfg: RunConfig) -> None:
+    """Strategy x engine x ZeRO stage: only combinations proven correct may run."""
+    strategy = resolve_strategy(cfg.strategy.name)
+    support = strategy.support
+    engine = cfg.engine
+    if engine.backend == "torch" and engine.workers > 1:
+        raise UnsupportedError("engine.backend=torch is the single-worker reference; "
+                               "use engine.backend=deepspeed for engine.workers > 1")
+    if engine.backend == "torch" and engine.zero_stage != 0:
+        raise UnsupportedError("engine.zero_stage applies to engine.backend=deepspeed only")
+    if engine.workers > 1 and not support.multi_worker:
+        raise UnsupportedError(f"strategy {cfg.strategy.name!r} is not proven correct on "
+                               f"{engine.workers} workers ({support.reason}); use engine.workers=1")
+    if engine.zero_stage not in support.zero_stages:
+        proven = ", ".join(str(s) for s in sorted(support.zero_stages))
+        raise UnsupportedError(f"strategy {cfg.strategy.name!r} is not proven correct at ZeRO "
+                               f"stage {engine.zero_stage} (proven: {proven}); {support.reason}")
+
+
+def check_data(cfg: RunConfig) -> None:
+    """The data files exist (verification happens when they are read)."""
+    source = IDX_SOURCES.get(cfg.stream.dataset)
+    if source is not None:
+        find_idx_dir(source, cfg.stream.data_dir)

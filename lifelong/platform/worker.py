@@ -1,0 +1,31 @@
+"""The function every Ray Train worker runs: rebuild the config, run a ``Learner``."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import torch
+
+
+def train_loop_per_worker(payload: dict[str, Any]) -> None:
+    import ray.train
+
+    from lifelong.platform.config import build_config
+    from lifelong.platform.learner import Learner
+    from lifelong.platform.tracking import Tracker
+
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(payload["threads"])
+    os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
+    cfg = build_config(payload["config"])
+    tracker = Tracker(payload["tracking_uri"], payload["run_id"]) if rank == 0 else None
+    board = payload.get("progress")
+    progress = (lambda event: board.push.remote(event)) if board is not None else None
+    learner = Learner(cfg, rank, world_size, tracker=tracker, progress=progress)
+    result = learner.run()
+    if tracker is not None and result.first_step_at is not None:
+        tracker.metrics({"time/startup_seconds": result.first_step_at - payload["t0"],
+                         "time/total_seconds": time.time() - payload["t0"]}, step=0, flush=True)

@@ -1,0 +1,147 @@
+"""The strategy contract: the one extension point of lifelong.
+
+A strategy is a class with a typed ``Config`` (its OmegaConf schema), a registry
+``name``, and any of the hooks below. It never touches DeepSpeed or
+torch.distributed: the platform hands it a ``StrategyContext`` whose parameter,
+gradient and collective operations are correct at every engine and ZeRO stage the
+platform lets it run on. A strategy states what it has been *proven* correct on
+(``support``); the platform refuses anything else before compute.
+
+Where the planned strategies plug in:
+- EWC: ``on_task_end`` estimates Fisher F and anchor theta*; ``transform_grads`` adds
+  lam * F * (theta - theta*) to the full gradient.
+- Continual backprop: ``wrap_model`` adds utility trackers (forward hooks);
+  ``after_step`` re-initialises low-utility mature units inside ``ctx.gathered()`` and
+  calls ``ctx.reset_optimizer_state(name, mask)`` for their rows.
+- GateON: ``wrap_model`` inserts context gates; ``transform_grads`` multiplies grads by
+  unit availability; ``on_task_end`` commits relevance.
+- Hypernetwork CL: ``wrap_model`` returns a module whose target weights come from
+  h(task embedding); ``loss_terms`` adds beta * sum ||h(e_t') - h*(e_t')||^2 over past tasks.
+- MoE routing: ``wrap_model`` builds experts and a router, ``on_task_start`` adds an
+  expert, ``loss_terms`` returns routing/load-balance losses, ``transform_grads``
+  zeroes frozen experts' gradients.
+- Replay and joint training change *what* is trained on: ``train_data`` and
+  ``augment_batch``.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterator, Literal, Optional, Protocol
+
+import torch
+from torch import nn
+
+from lifelong.platform.config import StrategyConfig
+from lifelong.streams.batches import Batch, Samples
+from lifelong.streams.scenarios import Task
+
+
+@dataclass(frozen=True)
+class Support:
+    """Where a strategy has been shown correct (same accuracy matrix as 1 plain worker)."""
+
+    zero_stages: frozenset[int] = frozenset({0})
+    multi_worker: bool = False
+    reason: str = "not yet proven equivalent to a single plain worker"
+
+
+class StrategyContext(Protocol):
+    """What the platform offers a strategy; every call is valid at the supported stages."""
+
+    rank: int
+    world_size: int
+
+    def named_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """Trainable parameters by name (may be partitioned: use the full_* calls for values)."""
+
+    def full_params(self) -> dict[str, torch.Tensor]:
+        """Full fp32 parameter values, read-only."""
+
+    def editable_grads(self) -> AbstractContextManager[dict[str, torch.Tensor]]:
+        """Full averaged gradients; edits made inside the block are written back."""
+
+    def gathered(self) -> AbstractContextManager[dict[str, torch.Tensor]]:
+        """Full parameters; edits made inside the block are written back on every rank."""
+
+    def reset_optimizer_state(self, name: str, mask: Optional[torch.Tensor] = None) -> None:
+        """Zero optimizer state (momentum, Adam moments) of ``name`` where ``mask`` is True."""
+
+    def reduce(self, tensor: torch.Tensor, op: Literal["sum", "mean"] = "sum") -> torch.Tensor:
+        """All-reduce across workers (identity on one worker)."""
+
+    def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        """Every worker's tensor, in rank order."""
+
+    def batches(self, data: Samples, batch_size: int, shuffle_seed: Optional[int] = None) -> Iterator[Batch]:
+        """This worker's shard of ``data`` as float batches (no shuffle unless a seed is given)."""
+
+    def logits_fn(self, params: dict[str, torch.Tensor], x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        """Pure function of explicit params (for torch.func): the model's masked logits."""
+
+
+class Strategy:
+    """Base class: every hook is optional and defaults to 'do nothing'."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    Config: ClassVar[type[StrategyConfig]] = StrategyConfig
+    support: ClassVar[Support] = Support()
+
+    def __init__(self, config: StrategyConfig, ctx: StrategyContext) -> None:
+        self.config = config
+        self.ctx = ctx
+
+    # -- architecture ------------------------------------------------------------
+    def wrap_model(self, model: nn.Module) -> nn.Module:
+        """Change the architecture before the engine is built (gates, experts, ...)."""
+        return model
+
+    # -- data ----------------------------------------------------------------------
+    def train_data(self, task: Task, data: Samples) -> Samples:
+        """What to train on during ``task`` (joint training returns a union)."""
+        return data
+
+    def augment_batch(self, batch: Batch) -> Batch:
+        """Add rows to a training batch (replay)."""
+        return batch
+
+    # -- per step --------------------------------------------------------------------
+    def loss_terms(self, batch: Batch, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Extra named losses; the platform adds them to the task loss and logs each."""
+        return {}
+
+    def transform_grads(self) -> dict[str, float]:
+        """Edit gradients (via ``ctx.editable_grads()``) before the optimizer step.
+        Returns scalars worth logging (may be empty)."""
+        return {}
+
+    def after_step(self, batch: Batch) -> None:
+        """After the optimizer step; ``batch`` is the current task's rows only."""
+
+    # -- task boundaries ---------------------------------------------------------------
+    def on_task_start(self, task: Task) -> None:
+        """Before the first step on ``task``."""
+
+    def on_task_end(self, task: Task, data: Samples) -> None:
+        """After the last step on ``task``; ``data`` is its training data."""
+
+    # -- resume --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise ValueError(f"strategy {self.name!r} has no state to load")
+
+
+@dataclass
+class ParamSnapshot:
+    """Named tensors detached from the graph: anchors, Fisher diagonals, buffers."""
+
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @staticmethod
+    def of(values: dict[str, torch.Tensor]) -> "ParamSnapshot":
+        return ParamSnapshot({k: v.detach().clone() for k, v in values.items()})

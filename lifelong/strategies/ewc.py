@@ -1,0 +1,107 @@
+"""Elastic Weight Consolidation (Kirkpatrick et al. 2017), separate and online.
+
+After each task, the diagonal empirical Fisher F_t (mean over training rows of the
+squared per-row gradient of the log-likelihood, computed exactly with torch.func)
+and the anchor theta*_t are stored. Training then adds lam * F * (theta - theta*) to
+the full gradient, i.e. descends on  task loss + lam/2 * sum F (theta - theta*)^2.
+
+- ``separate``: one penalty per past task: sum_t F_t (theta - theta*_t).
+- ``online`` (Schwarz et al. 2018, "Progress & Compress"): one penalty with
+  F <- decay * F + F_t and the anchor at the latest theta*.
+
+Either way the penalty gradient is  lam * (S * theta - A)  with running sums
+S = sum F_t and A = sum F_t theta*_t, so a step costs the same after 1 or 100 tasks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch.func import grad, vmap
+
+from lifelong.platform.config import StrategyConfig
+from lifelong.platform.errors import ConfigError
+from lifelong.strategies.base import Strategy, Support
+from lifelong.streams.batches import Samples
+from lifelong.streams.scenarios import Task
+
+
+@dataclass
+class EWCConfig(StrategyConfig):
+    lam: float = 100.0
+    mode: str = "separate"  # separate | online
+    decay: float = 1.0  # online mode: how much of the old Fisher to keep per task
+    fisher_samples: Optional[int] = 1024  # training rows used for F; None = all
+    fisher_batch_size: int = 256
+
+
+class EWC(Strategy):
+    name = "ewc"
+    description = "elastic weight consolidation: Fisher-weighted pull to past optima"
+    Config = EWCConfig
+    support = Support()
+
+    def __init__(self, config: EWCConfig, ctx: Any) -> None:
+        super().__init__(config, ctx)
+        if config.mode not in ("separate", "online"):
+            raise ConfigError(f"strategy.mode: {config.mode!r} is not one of separate, online")
+        if config.lam < 0 or not 0.0 <= config.decay <= 1.0:
+            raise ConfigError("strategy.lam must be >= 0 and strategy.decay in [0, 1]")
+        self.fisher_sum: dict[str, torch.Tensor] = {}  # S
+        self.anchor_sum: dict[str, torch.Tensor] = {}  # A
+        self.last_fisher: dict[str, torch.Tensor] = {}
+
+    def transform_grads(self) -> dict[str, float]:
+        if not self.fisher_sum:
+            return {}
+        lam = self.config.lam
+        with torch.no_grad(), self.ctx.editable_grads() as grads:
+            params = self.ctx.full_params()
+            for name, g in grads.items():
+                g.add_(self.fisher_sum[name] * params[name] - self.anchor_sum[name], alpha=lam)
+        return {}
+
+    def on_task_end(self, task: Task, data: Samples) -> None:
+        fisher = self.estimate_fisher(task, data)
+        params = {n: p.detach().clone() for n, p in self.ctx.full_params().items()}
+        self.last_fisher = fisher
+        if self.config.mode == "online" and self.fisher_sum:
+            decay = self.config.decay
+            self.fisher_sum = {n: decay * self.fisher_sum[n] + fisher[n] for n in fisher}
+        else:
+            self.fisher_sum = {n: self.fisher_sum.get(n, 0) + fisher[n] for n in fisher}
+        if self.config.mode == "online":
+            self.anchor_sum = {n: self.fisher_sum[n] * params[n] for n in fisher}
+        else:
+            self.anchor_sum = {n: self.anchor_sum.get(n, 0) + fisher[n] * params[n] for n in fisher}
+
+    def estimate_fisher(self, task: Task, data: Samples) -> dict[str, torch.Tensor]:
+        """Exact empirical Fisher diagonal over (a seeded subset of) ``data``, all workers."""
+        n = self.config.fisher_samples
+        if n is not None and n < len(data):
+            g = torch.Generator().manual_seed(task.index)
+            data = data[torch.randperm(len(data), generator=g)[:n].sort().values]
+        params = {k: v.detach() for k, v in self.ctx.full_params().items()}
+
+        def row_loss(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                     t: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(self.ctx.logits_fn(p, x[None], t[None]), y[None])
+
+        per_row_grad = vmap(grad(row_loss), in_dims=(None, 0, 0, 0))
+        total = {k: torch.zeros_like(v) for k, v in params.items()}
+        for batch in self.ctx.batches(data, self.config.fisher_batch_size):
+            if len(batch) == 0:
+                continue
+            for k, g in per_row_grad(params, batch.x, batch.y, batch.task).items():
+                total[k] += g.pow(2).sum(0)
+        count = float(len(data))
+        return {k: self.ctx.reduce(v) / count for k, v in total.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"fisher_sum": self.fisher_sum, "anchor_sum": self.anchor_sum}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.fisher_sum, self.anchor_sum = state["fisher_sum"], state["anchor_sum"]

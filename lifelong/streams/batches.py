@@ -1,0 +1,101 @@
+"""Turning tasks into float batches, sharded across data-parallel workers.
+
+``train.batch_size`` is the *global* batch: every rank draws the same seeded order,
+and rank r takes its slice of each global batch. With a mean loss and equal slices,
+N workers averaging gradients take exactly the step one worker takes on the whole
+batch -- the property the sharding-equivalence tests rely on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from lifelong.streams.scenarios import Task, TaskStream
+
+
+@dataclass
+class Samples:
+    """Raw labelled rows that remember their task: a task's data, a union, a buffer."""
+
+    x: torch.Tensor  # uint8 [N, D]
+    y: torch.Tensor  # int64 [N], output indices
+    task: torch.Tensor  # int64 [N]
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def __getitem__(self, idx: torch.Tensor) -> "Samples":
+        return Samples(self.x[idx], self.y[idx], self.task[idx])
+
+    @staticmethod
+    def of(task: Task, split: str = "train") -> "Samples":
+        part = task.train if split == "train" else task.test
+        return Samples(part.x, part.y, torch.full_like(part.y, task.index))
+
+    @staticmethod
+    def cat(parts: list["Samples"]) -> "Samples":
+        return Samples(*(torch.cat([getattr(p, f) for p in parts]) for f in ("x", "y", "task")))
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor  # float32 [B, D], normalised
+    y: torch.Tensor  # int64 [B]
+    task: torch.Tensor  # int64 [B]
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    @staticmethod
+    def cat(parts: list["Batch"]) -> "Batch":
+        return Batch(*(torch.cat([getattr(p, f) for p in parts]) for f in ("x", "y", "task")))
+
+
+class Featurizer:
+    """uint8 rows -> normalised float rows, each with its own task's pixel permutation."""
+
+    def __init__(self, stream: TaskStream) -> None:
+        self.scale = 1.0 / (stream.max_value * stream.std)
+        self.shift = stream.mean / stream.std
+        self.permutations = [t.permutation for t in stream.tasks]
+
+    def __call__(self, samples: Samples) -> Batch:
+        x = samples.x
+        if any(p is not None for p in self.permutations) and len(samples):
+            x = x.clone()
+            for t in samples.task.unique().tolist():
+                perm = self.permutations[t]
+                if perm is not None:
+                    rows = samples.task == t
+                    x[rows] = x[rows][:, perm]
+        return Batch(x.float().mul_(self.scale).sub_(self.shift), samples.y, samples.task)
+
+
+def train_batches(data: Samples, featurize: Featurizer, batch_size: int, seed: int,
+                  rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
+    """One epoch of this rank's slices of seeded global batches (last partial one dropped)."""
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    for b in range(n_batches(len(data), batch_size)):
+        idx = order[b * batch_size:(b + 1) * batch_size].tensor_split(world_size)[rank]
+        yield featurize(data[idx])
+
+
+def eval_batches(data: Samples, featurize: Featurizer, batch_size: int,
+                 rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
+    """This rank's contiguous shard of a test set. Every rank yields the same number of
+    batches (possibly empty ones) so collective ops inside forward never hang."""
+    shard = torch.arange(len(data)).tensor_split(world_size)[rank]
+    longest = -(-len(data) // world_size)
+    for b in range(max(-(-longest // batch_size), 1)):
+        yield featurize(data[shard[b * batch_size:(b + 1) * batch_size]])
+
+
+def n_batches(n_samples: int, batch_size: int) -> int:
+    return max(n_samples // batch_size, 1)
+
+
+def epoch_seed(seed: int, task: int, epoch: int) -> int:
+    return (seed * 1_000_003 + task * 10_007 + epoch) % (2**63 - 1)
