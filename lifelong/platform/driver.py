@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from rich.console import Console
 
 from lifelong.platform.config import RunConfig
+from lifelong.platform.errors import unwrap_worker_error
 from lifelong.platform.preflight import check_data, check_supported
 from lifelong.platform.tracking import (default_artifact_location, end_run, read_matrix,
                                         resolve_uri, start_run)
@@ -75,10 +76,15 @@ def _fit(cfg: RunConfig, uri: str, run_id: str, t0: float, console: Console, pro
         run_config=RayRunConfig(name=f"lifelong-{run_id}",
                                 storage_path=str(Path(".lifelong/ray").resolve())),
     )
-    if board is None:
-        trainer.fit()
-    else:
-        run_with_progress(trainer.fit, board, console)
+    from ray.train.v2.api.exceptions import TrainingFailedError
+
+    try:
+        if board is None:
+            trainer.fit()
+        else:
+            run_with_progress(trainer.fit, board, console)
+    except TrainingFailedError as err:
+        raise unwrap_worker_error(err) from None
 
 
 def _init_ray() -> None:

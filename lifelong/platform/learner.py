@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from lifelong.platform.config import RunConfig
 from lifelong.platform.context import PlatformContext
 from lifelong.platform.engine import build_engine
+from lifelong.platform.errors import TrainingError
 from lifelong.platform.model import build_mlp, mask_logits
 from lifelong.platform.tracking import Tracker
 from lifelong.strategies.base import Strategy
@@ -102,6 +103,8 @@ class Learner:
             terms = self.train_step(batch)
             self.result.steps += 1
             self.task_step += 1
+            if self.result.steps % cfg.log_every == 0:
+                check_finite(terms["loss"], task_index, self.task_step)
             if self.tracker is not None and self.result.steps % cfg.log_every == 0:
                 log = {f"train/{k}": float(v) for k, v in terms.items()}
                 self.tracker.metrics(log, step=self.result.steps)
@@ -144,3 +147,10 @@ class Learner:
     def _emit(self, **event) -> None:  # type: ignore[no-untyped-def]
         if self.progress is not None:
             self.progress(event)
+
+
+def check_finite(loss: torch.Tensor, task: int, step: int) -> None:
+    """Stop a diverged run with a clear message instead of training on NaNs."""
+    if not torch.isfinite(loss):
+        raise TrainingError(f"training diverged (loss={float(loss)}) on task {task} at step {step}; "
+                            f"lower optim.lr or the strategy's penalty strength")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from lifelong.platform.config import RunConfig
 from lifelong.platform.errors import UnsupportedError
 from lifelong.strategies.registry import resolve_strategy
-from lifelong.streams.datasets import IDX_SOURCES, find_idx_dir
+from lifelong.streams.datasets import IDX_SOURCES, find_idx_dir, verify_dir
 
 
 def check_supported(cfg: RunConfig) -> None:
@@ -28,7 +28,7 @@ def check_supported(cfg: RunConfig) -> None:
 
 
 def check_data(cfg: RunConfig) -> None:
-    """The data files exist (verification happens when they are read)."""
+    """The data files exist and verify, so a bad file stops the run before Ray starts."""
     source = IDX_SOURCES.get(cfg.stream.dataset)
     if source is not None:
-        find_idx_dir(source, cfg.stream.data_dir)
+        verify_dir(source, find_idx_dir(source, cfg.stream.data_dir))

@@ -111,6 +111,13 @@ def find_idx_dir(source: IdxSource, data_dir: Optional[str] = None) -> Path:
     raise DataError(f"{source.name}: IDX files not found in {where}{hint}")
 
 
+def verify_dir(source: IdxSource, directory: Path) -> None:
+    """SHA-256 of all four files; DataError naming the first bad one."""
+    for filename, digest in source.sha256.items():
+        path = _locate(directory, filename)
+        read_verified(path if path is not None else directory / filename, digest)
+
+
 def read_verified(path: Path, expected_sha256: str) -> bytes:
     """Bytes of an IDX file (gunzipped if needed), refused unless the SHA-256 matches."""
     try:

