@@ -110,6 +110,10 @@ def build_config(raw: DictConfig | dict[str, Any]) -> RunConfig:
     from lifelong.strategies.registry import resolve_strategy
 
     raw = raw if isinstance(raw, DictConfig) else OmegaConf.create(raw)
+    for group in RunConfig.__dataclass_fields__:
+        value = raw.get(group) if group in raw else None
+        if group != "seed" and value is not None and not isinstance(value, DictConfig):
+            raise ConfigError(f"{group}: must be a mapping of options, got {value!r}")
     strategy_name = OmegaConf.select(raw, "strategy.name", default="naive")
     strategy_cls = resolve_strategy(str(strategy_name))
     schema = OmegaConf.structured(RunConfig)
@@ -120,6 +124,7 @@ def build_config(raw: DictConfig | dict[str, Any]) -> RunConfig:
         raise ConfigError(_describe(err, strategy_cls)) from None
     cfg: RunConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
     _check_values(cfg)
+    strategy_cls.check_config(cfg.strategy)
     return cfg
 
 
@@ -158,10 +163,14 @@ def _read_raw(path: Optional[str | Path], overrides: Sequence[str]) -> DictConfi
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise ConfigError(f"override {item!r} is not of the form key=value")
-    try:
-        return OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))  # type: ignore[return-value]
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"bad override: {str(err).splitlines()[0]}") from None
+    merged = base
+    for item in overrides:
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+        except Exception as err:  # OmegaConf and YAML parser errors alike
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ConfigError(f"override {item!r}: cannot parse the value ({first})") from None
+    return merged  # type: ignore[return-value]
 
 
 def _describe(err: OmegaConfBaseException, strategy_cls: type) -> str:

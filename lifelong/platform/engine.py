@@ -34,6 +34,7 @@ class TorchEngine:
     def __init__(self, module: nn.Module, optim: OptimConfig) -> None:
         self.module = module
         self.optimizer = build_optimizer(optim, module.parameters())
+        self.named = dict(module.named_parameters())
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.module(x)
@@ -46,19 +47,19 @@ class TorchEngine:
         self.optimizer.zero_grad(set_to_none=True)
 
     def full_params(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach() for n, p in self.module.named_parameters()}
+        return {n: p.detach() for n, p in self.named.items()}
 
     @contextmanager
     def editable_grads(self) -> Iterator[dict[str, torch.Tensor]]:
-        yield {n: p.grad for n, p in self.module.named_parameters() if p.grad is not None}
+        yield {n: p.grad for n, p in self.named.items() if p.grad is not None}
 
     @contextmanager
     def gathered(self) -> Iterator[dict[str, torch.Tensor]]:
         with torch.no_grad():
-            yield {n: p.data for n, p in self.module.named_parameters()}
+            yield {n: p.data for n, p in self.named.items()}
 
     def reset_optimizer_state(self, name: str, mask: Optional[torch.Tensor]) -> None:
-        param = dict(self.module.named_parameters())[name]
+        param = self.named[name]
         for key, value in self.optimizer.state.get(param, {}).items():
             if key in OPTIMIZER_STATE_KEYS:
                 value.masked_fill_(_as_mask(mask, value), 0.0)
@@ -90,6 +91,7 @@ class DeepSpeedEngine:
         self.ds, self.optimizer, _, _ = deepspeed.initialize(model=module, optimizer=optimizer,
                                                              config=config)
         self.module = self.ds.module
+        self.named = dict(self.module.named_parameters())
         if torch.distributed.get_world_size() == 1:
             # An all-reduce over one rank is the identity; skipping it halves step time here.
             self.ds.enable_backward_allreduce = False
@@ -106,8 +108,10 @@ class DeepSpeedEngine:
     def full_params(self) -> dict[str, torch.Tensor]:
         from deepspeed.utils import safe_get_full_fp32_param
 
+        if self.zero_stage == 0:  # parameters are whole and fp32 on every rank
+            return {n: p.detach() for n, p in self.named.items()}
         out = {}
-        for name, param in self.module.named_parameters():
+        for name, param in self.named.items():
             full = safe_get_full_fp32_param(param)
             out[name] = param.detach() if full is None else full
         return out
@@ -116,7 +120,10 @@ class DeepSpeedEngine:
     def editable_grads(self) -> Iterator[dict[str, torch.Tensor]]:
         from deepspeed.utils import safe_get_full_grad, safe_set_full_grad
 
-        params = dict(self.module.named_parameters())
+        params = self.named
+        if self.zero_stage == 0:  # .grad already holds the full averaged gradient
+            yield {n: p.grad for n, p in params.items() if p.grad is not None}
+            return
         grads = {n: safe_get_full_grad(p) for n, p in params.items()}
         grads = {n: g for n, g in grads.items() if g is not None}
         yield grads
@@ -128,7 +135,7 @@ class DeepSpeedEngine:
     def gathered(self) -> Iterator[dict[str, torch.Tensor]]:
         from deepspeed.utils import safe_set_full_fp32_param
 
-        params = dict(self.module.named_parameters())
+        params = self.named
         if self.zero_stage == 0:
             with torch.no_grad():
                 yield {n: p.data for n, p in params.items()}
@@ -142,7 +149,7 @@ class DeepSpeedEngine:
     def reset_optimizer_state(self, name: str, mask: Optional[torch.Tensor]) -> None:
         from deepspeed.utils import safe_get_full_optimizer_state, safe_set_full_optimizer_state
 
-        param = dict(self.module.named_parameters())[name]
+        param = self.named[name]
         if self.zero_stage == 0:
             for key, value in self.optimizer.state.get(param, {}).items():
                 if key in OPTIMIZER_STATE_KEYS:

@@ -93,6 +93,10 @@ class Strategy:
         self.config = config
         self.ctx = ctx
 
+    @classmethod
+    def check_config(cls, config: StrategyConfig) -> None:
+        """Refuse bad option values at config time, before any compute (raise ConfigError)."""
+
     # -- architecture ------------------------------------------------------------
     def wrap_model(self, model: nn.Module) -> nn.Module:
         """Change the architecture before the engine is built (gates, experts, ...)."""

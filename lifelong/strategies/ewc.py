@@ -44,12 +44,22 @@ class EWC(Strategy):
     Config = EWCConfig
     support = Support()
 
-    def __init__(self, config: EWCConfig, ctx: Any) -> None:
-        super().__init__(config, ctx)
+    @classmethod
+    def check_config(cls, config: EWCConfig) -> None:  # type: ignore[override]
         if config.mode not in ("separate", "online"):
             raise ConfigError(f"strategy.mode: {config.mode!r} is not one of separate, online")
-        if config.lam < 0 or not 0.0 <= config.decay <= 1.0:
-            raise ConfigError("strategy.lam must be >= 0 and strategy.decay in [0, 1]")
+        if config.lam < 0:
+            raise ConfigError(f"strategy.lam: must be >= 0, got {config.lam}")
+        if not 0.0 <= config.decay <= 1.0:
+            raise ConfigError(f"strategy.decay: must be in [0, 1], got {config.decay}")
+        if config.fisher_samples is not None and config.fisher_samples < 1:
+            raise ConfigError(f"strategy.fisher_samples: must be >= 1 or null, got {config.fisher_samples}")
+        if config.fisher_batch_size < 1:
+            raise ConfigError(f"strategy.fisher_batch_size: must be >= 1, got {config.fisher_batch_size}")
+
+    def __init__(self, config: EWCConfig, ctx: Any) -> None:
+        super().__init__(config, ctx)
+        self.check_config(config)
         self.fisher_sum: dict[str, torch.Tensor] = {}  # S
         self.anchor_sum: dict[str, torch.Tensor] = {}  # A
         self.last_fisher: dict[str, torch.Tensor] = {}

@@ -31,10 +31,17 @@ class Replay(Strategy):
     Config = ReplayConfig
     support = Support()
 
-    def __init__(self, config: ReplayConfig, ctx: Any) -> None:
-        super().__init__(config, ctx)
+    @classmethod
+    def check_config(cls, config: ReplayConfig) -> None:  # type: ignore[override]
         if config.buffer_size < 1:
             raise ConfigError(f"strategy.buffer_size: must be >= 1, got {config.buffer_size}")
+        if config.replay_batch_size is not None and config.replay_batch_size < 1:
+            raise ConfigError(f"strategy.replay_batch_size: must be >= 1 or null, "
+                              f"got {config.replay_batch_size}")
+
+    def __init__(self, config: ReplayConfig, ctx: Any) -> None:
+        super().__init__(config, ctx)
+        self.check_config(config)
         self.buffer: Optional[Batch] = None
         self.filled = 0  # rows of the buffer in use
         self.seen = 0  # rows offered to the reservoir so far

@@ -63,15 +63,20 @@ class Featurizer:
         self.permutations = [t.permutation for t in stream.tasks]
 
     def __call__(self, samples: Samples) -> Batch:
-        x = samples.x
-        if any(p is not None for p in self.permutations) and len(samples):
-            x = x.clone()
-            for t in samples.task.unique().tolist():
-                perm = self.permutations[t]
-                if perm is not None:
-                    rows = samples.task == t
-                    x[rows] = x[rows][:, perm]
-        return Batch(x.float().mul_(self.scale).sub_(self.shift), samples.y, samples.task)
+        x, task = samples.x, samples.task
+        if len(samples) and any(p is not None for p in self.permutations):
+            first = int(task[0])
+            if bool((task == first).all()):  # the common case: one task per batch
+                perm = self.permutations[first]
+                x = x if perm is None else x[:, perm]
+            else:
+                x = x.clone()
+                for t in task.unique().tolist():
+                    perm = self.permutations[t]
+                    if perm is not None:
+                        rows = task == t
+                        x[rows] = x[rows][:, perm]
+        return Batch(x.float().mul_(self.scale).sub_(self.shift), samples.y, task)
 
 
 def train_batches(data: Samples, featurize: Featurizer, batch_size: int, seed: int,
