@@ -56,6 +56,7 @@ def run(cfg: RunConfig, console: Optional[Console] = None, progress: bool = True
 
 def _fit(cfg: RunConfig, uri: str, run_id: str, t0: float, console: Console, progress: bool) -> None:
     import ray
+    from mlflow.tracking import MlflowClient
     from ray.train import RunConfig as RayRunConfig
     from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -64,6 +65,7 @@ def _fit(cfg: RunConfig, uri: str, run_id: str, t0: float, console: Console, pro
     from lifelong.platform.worker import train_loop_per_worker
 
     _init_ray()
+    MlflowClient(uri).log_metric(run_id, "time/ray_ready_seconds", time.time() - t0, step=0)
     workers = cfg.engine.workers
     cpus = cfg.engine.cpus_per_worker or max(int(ray.available_resources().get("CPU", 1)) // workers, 1)
     board = ProgressBoard.remote() if progress else None

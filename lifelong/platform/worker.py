@@ -16,6 +16,7 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
     from lifelong.platform.learner import Learner
     from lifelong.platform.tracking import Tracker
 
+    entered = time.time()
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(payload["threads"])
@@ -25,7 +26,11 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
     board = payload.get("progress")
     progress = (lambda event: board.push.remote(event)) if board is not None else None
     learner = Learner(cfg, rank, world_size, tracker=tracker, progress=progress)
+    built = time.time()
     result = learner.run()
     if tracker is not None and result.first_step_at is not None:
-        tracker.metrics({"time/startup_seconds": result.first_step_at - payload["t0"],
-                         "time/total_seconds": time.time() - payload["t0"]}, step=0, flush=True)
+        t0 = payload["t0"]
+        tracker.metrics({"time/worker_started_seconds": entered - t0,  # since `lifelong run` began
+                         "time/learner_built_seconds": built - t0,  # + data, model, DeepSpeed
+                         "time/startup_seconds": result.first_step_at - t0,  # + eval at init
+                         "time/total_seconds": time.time() - t0}, step=0, flush=True)
