@@ -121,9 +121,10 @@ def main() -> None:
         repeats, args = int(args[0].split("=")[1]), args[1:]
     cfg = load_config(ROOT / "configs/permuted_mnist_ewc.yaml", args)
     ours_runs, hand_runs = [], []
+    # One working directory for every run: Ray's workers keep the cwd Ray started in.
+    workdir = tempfile.TemporaryDirectory()
     for _ in range(repeats):  # interleaved, so slow spells of a noisy machine hit both
-        with tempfile.TemporaryDirectory() as tmp:
-            ours_runs.append(platform(cfg, Path(tmp)))
+        ours_runs.append(platform(cfg, Path(workdir.name)))
         import ray
 
         threads = int(ray.cluster_resources().get("CPU", 2)) // cfg.engine.workers

@@ -26,21 +26,21 @@ PHASES = [("ray_ready", "Ray started / connected"), ("worker_started", "Ray Trai
           ("learner_built", "data + model + DeepSpeed engine"), ("startup", "first optimizer step")]
 
 
-def one(label: str) -> dict[str, float]:
+def one(workdir: str) -> dict[str, float]:
     cfg = load_config(ROOT / "configs/split_digits_ewc.yaml", ["train.epochs=1"])
     here = os.getcwd()
-    with tempfile.TemporaryDirectory() as tmp:
-        os.chdir(tmp)
-        try:
-            outcome = run(cfg, progress=False)
-            metrics = MlflowClient(outcome.tracking_uri).get_run(outcome.run_id).data.metrics
-        finally:
-            os.chdir(here)
+    os.chdir(workdir)  # the same for both runs: Ray's workers keep the cwd Ray started in
+    try:
+        outcome = run(cfg, progress=False)
+        metrics = MlflowClient(outcome.tracking_uri).get_run(outcome.run_id).data.metrics
+    finally:
+        os.chdir(here)
     return {k: metrics[f"time/{k}_seconds"] for k, _ in PHASES + [("total", "")]}
 
 
 def main() -> None:
-    cold, warm = one("cold"), one("warm")
+    with tempfile.TemporaryDirectory() as workdir:
+        cold, warm = one(workdir), one(workdir)
     print(f"\n{'seconds since `lifelong run` began':40s}{'cold':>8s}{'warm':>8s}")
     for key, label in PHASES:
         print(f"{label:40s}{cold[key]:8.1f}{warm[key]:8.1f}")

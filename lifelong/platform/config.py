@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from lifelong.platform.errors import ConfigError
+from lifelong.platform.errors import ConfigError, require
 
 
 @dataclass
@@ -166,17 +166,34 @@ def _read_raw(path: Optional[str | Path], overrides: Sequence[str]) -> DictConfi
     merged = base
     for item in overrides:
         try:
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+            override = OmegaConf.from_dotlist([item])
         except Exception as err:  # OmegaConf and YAML parser errors alike
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise ConfigError(f"override {item!r}: cannot parse the value ({first})") from None
+        merged = _switch_strategy(merged, override)
+        try:
+            merged = OmegaConf.merge(merged, override)
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"override {item!r}: {str(err).splitlines()[0]}") from None
     return merged  # type: ignore[return-value]
+
+
+def _switch_strategy(current: DictConfig, override: DictConfig) -> DictConfig:
+    """Choosing another strategy by override starts its group afresh, so
+    ``strategy.name=naive`` on an EWC config does not inherit EWC's options."""
+    new = OmegaConf.select(override, "strategy.name", default=None)
+    old = OmegaConf.select(current, "strategy.name", default=None)
+    if new is None or new == old or "strategy" not in current:
+        return current
+    current = current.copy()
+    del current["strategy"]
+    return current
 
 
 def _describe(err: OmegaConfBaseException, strategy_cls: type) -> str:
     key = getattr(err, "full_key", None) or "?"
     msg = str(err).strip().splitlines()[0]
-    if "not in" in msg or "Key '" in msg and "not" in msg:
+    if isinstance(err, ConfigKeyError):
         if key.startswith("strategy."):
             known = ", ".join(f for f in strategy_cls.Config.__dataclass_fields__ if f != "name")
             return f"{key}: unknown key (strategy '{strategy_cls.name}' accepts: {known or 'no options'})"
@@ -194,12 +211,10 @@ def _check_values(cfg: RunConfig) -> None:
     positive = ["stream.n_tasks", "train.epochs", "train.batch_size", "train.eval_batch_size",
                 "train.log_every", "engine.workers"]
     for key in positive:
-        if int(flat[key]) < 1:
-            raise ConfigError(f"{key}: must be >= 1, got {flat[key]}")
-    if cfg.engine.zero_stage not in (0, 1, 2, 3):
-        raise ConfigError(f"engine.zero_stage: must be 0, 1, 2 or 3, got {cfg.engine.zero_stage}")
-    if cfg.optim.lr <= 0:
-        raise ConfigError(f"optim.lr: must be > 0, got {cfg.optim.lr}")
-    if any(h < 1 for h in cfg.model.hidden):
-        raise ConfigError(f"model.hidden: layer widths must be >= 1, got {list(cfg.model.hidden)}")
+        require(int(flat[key]) >= 1, key, f"must be >= 1, got {flat[key]}")
+    require(cfg.engine.zero_stage in (0, 1, 2, 3), "engine.zero_stage",
+            f"must be 0, 1, 2 or 3, got {cfg.engine.zero_stage}")
+    require(cfg.optim.lr > 0, "optim.lr", f"must be > 0, got {cfg.optim.lr}")
+    require(all(h >= 1 for h in cfg.model.hidden), "model.hidden",
+            f"layer widths must be >= 1, got {list(cfg.model.hidden)}")
     check_stream(cfg.stream)

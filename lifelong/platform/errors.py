@@ -19,6 +19,12 @@ class DataError(LifelongError):
     exit_code = 3
 
 
+def require(ok: bool, key: str, problem: str) -> None:
+    """``ConfigError("key: problem")`` unless ``ok``: the one shape of a value check."""
+    if not ok:
+        raise ConfigError(f"{key}: {problem}")
+
+
 class UnsupportedError(ConfigError):
     """A combination (strategy x engine x ZeRO stage) the platform cannot run correctly."""
 

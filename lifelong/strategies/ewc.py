@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.func import grad, vmap
 
 from lifelong.platform.config import StrategyConfig
-from lifelong.platform.errors import ConfigError
+from lifelong.platform.errors import require
 from lifelong.strategies.base import Strategy, Support
 from lifelong.streams.batches import Samples
 from lifelong.streams.scenarios import Task
@@ -46,16 +46,14 @@ class EWC(Strategy):
 
     @classmethod
     def check_config(cls, config: EWCConfig) -> None:  # type: ignore[override]
-        if config.mode not in ("separate", "online"):
-            raise ConfigError(f"strategy.mode: {config.mode!r} is not one of separate, online")
-        if config.lam < 0:
-            raise ConfigError(f"strategy.lam: must be >= 0, got {config.lam}")
-        if not 0.0 <= config.decay <= 1.0:
-            raise ConfigError(f"strategy.decay: must be in [0, 1], got {config.decay}")
-        if config.fisher_samples is not None and config.fisher_samples < 1:
-            raise ConfigError(f"strategy.fisher_samples: must be >= 1 or null, got {config.fisher_samples}")
-        if config.fisher_batch_size < 1:
-            raise ConfigError(f"strategy.fisher_batch_size: must be >= 1, got {config.fisher_batch_size}")
+        require(config.mode in ("separate", "online"), "strategy.mode",
+                f"{config.mode!r} is not one of separate, online")
+        require(config.lam >= 0, "strategy.lam", f"must be >= 0, got {config.lam}")
+        require(0.0 <= config.decay <= 1.0, "strategy.decay", f"must be in [0, 1], got {config.decay}")
+        require(config.fisher_samples is None or config.fisher_samples >= 1, "strategy.fisher_samples",
+                f"must be >= 1 or null, got {config.fisher_samples}")
+        require(config.fisher_batch_size >= 1, "strategy.fisher_batch_size",
+                f"must be >= 1, got {config.fisher_batch_size}")
 
     def __init__(self, config: EWCConfig, ctx: Any) -> None:
         super().__init__(config, ctx)

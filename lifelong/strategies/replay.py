@@ -13,7 +13,7 @@ from typing import Any, Optional
 import torch
 
 from lifelong.platform.config import StrategyConfig
-from lifelong.platform.errors import ConfigError
+from lifelong.platform.errors import require
 from lifelong.strategies.base import Strategy, Support
 from lifelong.streams.batches import Batch
 
@@ -33,11 +33,9 @@ class Replay(Strategy):
 
     @classmethod
     def check_config(cls, config: ReplayConfig) -> None:  # type: ignore[override]
-        if config.buffer_size < 1:
-            raise ConfigError(f"strategy.buffer_size: must be >= 1, got {config.buffer_size}")
-        if config.replay_batch_size is not None and config.replay_batch_size < 1:
-            raise ConfigError(f"strategy.replay_batch_size: must be >= 1 or null, "
-                              f"got {config.replay_batch_size}")
+        require(config.buffer_size >= 1, "strategy.buffer_size", f"must be >= 1, got {config.buffer_size}")
+        require(config.replay_batch_size is None or config.replay_batch_size >= 1,
+                "strategy.replay_batch_size", f"must be >= 1 or null, got {config.replay_batch_size}")
 
     def __init__(self, config: ReplayConfig, ctx: Any) -> None:
         super().__init__(config, ctx)

@@ -104,10 +104,12 @@ def test_override_can_switch_strategy_and_its_schema(tmp_path):
     assert cfg.train.epochs == 2
 
 
-def test_switching_strategy_keeps_the_files_options_and_refuses_foreign_ones(ewc_yaml):
-    # the file sets strategy.lam, which replay does not accept
-    message = config_error(ewc_yaml, ["strategy.name=replay"])
-    assert message.startswith("strategy.lam:")
+def test_foreign_strategy_options_in_one_file_are_refused(tmp_path):
+    # a replay strategy given EWC's lam in the same file: refused, naming the key
+    path = tmp_path / "mixed.yaml"
+    path.write_text("strategy:\n  name: replay\n  lam: 5.0\n")
+    message = config_error(path, [])
+    assert message.startswith("strategy.lam:") and "replay" in message
 
 
 def test_build_config_from_a_dict():
@@ -333,3 +335,14 @@ def test_cli_run_with_a_missing_file_exits_2(tmp_path, capsys):
     assert len(lines) == 1
     assert lines[0].startswith("lifelong: error:")
     assert "absent.yaml" in lines[0]
+
+
+def test_choosing_another_strategy_by_override_starts_its_group_afresh():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "configs" / "permuted_mnist_ewc.yaml"
+    assert load_config(path, ["strategy.name=naive"]).strategy.name == "naive"
+    replay = load_config(path, ["strategy.name=replay", "strategy.buffer_size=10"]).strategy
+    assert replay.name == "replay" and replay.buffer_size == 10
+    ewc = load_config(path, ["strategy.lam=5"]).strategy
+    assert ewc.name == "ewc" and ewc.lam == 5.0 and ewc.mode == "separate"  # same strategy: merged

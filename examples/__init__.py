@@ -1,0 +1,1 @@
+"""Runnable examples referenced from the README."""
