@@ -97,3 +97,17 @@ def test_cli_runs_a_user_strategy_by_dotted_path_and_says_where_to_look(tmp_path
     assert run_.info.status == "FINISHED"
     assert run_.data.tags["strategy"] == plugin and run_.data.params["strategy.strength"] == "0.001"
     assert "strategy.lam" not in run_.data.params
+
+
+def test_a_run_lands_in_an_mlflow_server(ray_cluster, mlflow_server, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = make_config(**dict(SPLIT_DIGITS, train={"epochs": 1, "batch_size": 32, "log_every": 5},
+                             tracking={"uri": mlflow_server, "experiment": "server"}))
+    outcome = run(cfg, progress=False)
+    client = MlflowClient(mlflow_server)
+    r = client.get_run(outcome.run_id)
+    assert outcome.tracking_uri == mlflow_server and r.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(outcome.run_id, "cl/acc")] == [0, 1, 2]
+    assert {a.path for a in client.list_artifacts(outcome.run_id, "plots")} == {
+        "plots/accuracy_heatmap.png", "plots/accuracy_over_time.png"}
+    assert not (tmp_path / "mlruns.db").exists()  # nothing went to a local store instead
