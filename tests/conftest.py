@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -22,6 +23,9 @@ def make_config(**groups: Any) -> RunConfig:
 def ray_cluster() -> Iterator[None]:
     import ray
 
+    # Ray's workers import test helpers (tests.e2e.*) by name: give them the repo root.
+    root = str(Path(__file__).resolve().parents[1])
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
     ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=True,
              dashboard_host="127.0.0.1", num_cpus=2, configure_logging=False)
     yield
@@ -36,36 +40,76 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class MlflowServer:
+    """A real ``mlflow server`` on 127.0.0.1 with its own SQLite store and artifact folder;
+    ``stop()`` and ``start()`` again keep the same port and store."""
+
+    def __init__(self, root) -> None:  # type: ignore[no-untyped-def]
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.store = root / "server"
+        self.store.mkdir(exist_ok=True)
+        self.proc: Any = None
+
+    def start(self, timeout: float = 120) -> None:
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+             "--backend-store-uri", f"sqlite:///{self.store / 'mlflow.db'}",
+             "--artifacts-destination", (self.store / "artifacts").as_uri(), "--workers", "1"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            # no job runner: it adds a dozen huey processes, slows start-up and outlives SIGTERM
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+        deadline = time.time() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(f"{self.url}/health", timeout=2)
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.time() > deadline:
+                    self.proc.kill()
+                    self.proc = None
+                    raise RuntimeError("mlflow server did not start")
+                time.sleep(0.25)
+
+    def stop(self) -> None:
+        import subprocess
+
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
 @pytest.fixture
 def mlflow_server(tmp_path) -> Iterator[str]:
     """A real ``mlflow server`` on 127.0.0.1 with its own SQLite store; yields its URL."""
-    import subprocess
-    import sys
-    import time
-    import urllib.request
+    server = MlflowServer(tmp_path)
+    server.start()
+    yield server.url
+    server.stop()
 
-    port = free_port()
-    store = tmp_path / "server"
-    store.mkdir()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
-         "--artifacts-destination", (store / "artifacts").as_uri(), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                raise RuntimeError("mlflow server did not start")
-            time.sleep(0.5)
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+
+@pytest.fixture(scope="module")
+def _module_mlflow_server(tmp_path_factory) -> Iterator[MlflowServer]:
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def restartable_mlflow_server(_module_mlflow_server) -> Iterator[MlflowServer]:
+    """Like ``mlflow_server``, but yields the server: ``.url``, ``.stop()``, ``.start()`` (same
+    port and store). One per test module, started as each test begins: tests share its store."""
+    if _module_mlflow_server.proc is None:
+        _module_mlflow_server.start()
+    yield _module_mlflow_server

@@ -29,6 +29,12 @@ class UnsupportedError(ConfigError):
     """A combination (strategy x engine x ZeRO stage) the platform cannot run correctly."""
 
 
+class TrackingError(LifelongError):
+    """The MLflow store or server cannot be used at all (checked before any compute)."""
+
+    exit_code = 4
+
+
 class TrainingError(LifelongError):
     """Training failed on a worker (diverged, crashed); what was logged so far is kept."""
 

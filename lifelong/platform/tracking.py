@@ -7,10 +7,12 @@ artifact is re-logged at each task boundary, so a run that dies keeps what it ha
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
+import tempfile
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
@@ -19,8 +21,13 @@ import lifelong
 from lifelong.metrics.continual import summarize
 from lifelong.platform import plots
 from lifelong.platform.config import RunConfig, flatten, to_yaml
+from lifelong.platform.spool import Spool, brief, http_limits, unreachable
+
+log = logging.getLogger(__name__)
 
 MATRIX_ARTIFACT = "accuracy_matrix.json"
+SPOOL_ROOT = Path(".lifelong/spool")
+RETRY_MIN_S, RETRY_MAX_S = 2.0, 60.0  # between delivery attempts while the server is down
 
 
 def resolve_uri(uri: str, base: Path) -> str:
@@ -63,16 +70,26 @@ def start_run(cfg: RunConfig, uri: str, artifact_location: Optional[str]) -> str
 
 
 def end_run(uri: str, run_id: str, status: str) -> None:
-    MlflowClient(uri).set_terminated(run_id, status=status)
+    with http_limits(retries=2):
+        MlflowClient(uri).set_terminated(run_id, status=status)
 
 
 class Tracker:
-    """Rank 0's handle on the run: train curves, per-task metrics, matrix and plots."""
+    """Rank 0's handle on the run: train curves, per-task metrics, matrix and plots.
 
-    def __init__(self, uri: str, run_id: str) -> None:
+    Training never waits on the server: while it is unreachable (refused, timing out, 5xx)
+    whatever cannot be sent is appended to a local spool, ``.lifelong/spool/<run_id>/``
+    under the working directory (see ``spool.py``), and delivered in order, before anything
+    newer, once it answers again: tried at most every few seconds while it is down, and by
+    ``close()``. Timestamps and steps are fixed at log time, so nothing moves."""
+
+    def __init__(self, uri: str, run_id: str, spool_dir: Optional[Path] = None) -> None:
         self.client = MlflowClient(uri)
-        self.run_id = run_id
+        self.uri, self.run_id = uri, run_id
+        self.spool = Spool(Path(spool_dir) if spool_dir else (SPOOL_ROOT / run_id).resolve())
         self._pending: list[Metric] = []
+        self._down = False
+        self._retry_at, self._backoff = 0.0, RETRY_MIN_S
 
     def metrics(self, values: dict[str, float], step: int, flush: bool = False) -> None:
         now = int(time.time() * 1000)
@@ -83,7 +100,7 @@ class Tracker:
     def flush(self) -> None:
         while self._pending:
             chunk, self._pending = self._pending[:1000], self._pending[1000:]
-            self.client.log_batch(self.run_id, metrics=chunk)
+            self._send_batch(chunk)
 
     def task_end(self, R: Sequence[Sequence[float]], init: Sequence[float], stream: str) -> None:
         """After training task i = len(R)-1: per-task accuracies, summaries, artifacts."""
@@ -94,24 +111,113 @@ class Tracker:
         if i == 0:
             self.metrics({f"init_acc/task_{j}": a for j, a in enumerate(init)}, step=0)
         self.metrics(values, step=i, flush=True)
-        self.client.log_dict(self.run_id, {"R": [list(r) for r in R], "init": list(init),
-                                           "definition": "R[i][j] = test accuracy on task j "
-                                                         "after training task i"}, MATRIX_ARTIFACT)
-        for name, fig in (("accuracy_heatmap.png", plots.accuracy_heatmap(R, stream)),
-                          ("accuracy_over_time.png", plots.accuracy_over_time(R, init, stream))):
-            self.client.log_figure(self.run_id, fig, f"plots/{name}")
-            plots.close(fig)
+        with tempfile.TemporaryDirectory() as tmp:
+            matrix = Path(tmp) / MATRIX_ARTIFACT
+            matrix.write_text(json.dumps({"R": [list(r) for r in R], "init": list(init),
+                                          "definition": "R[i][j] = test accuracy on task j "
+                                                        "after training task i"}, indent=2))
+            self._send_artifact(matrix, None)
+            for name, fig in (("accuracy_heatmap.png", plots.accuracy_heatmap(R, stream)),
+                              ("accuracy_over_time.png", plots.accuracy_over_time(R, init, stream))):
+                fig.savefig(Path(tmp) / name)
+                plots.close(fig)
+                self._send_artifact(Path(tmp) / name, "plots")
 
     def tags(self, values: dict[str, str]) -> None:
-        for k, v in values.items():
-            self.client.set_tag(self.run_id, k, v)
+        if values:
+            self._send_batch([], {k: str(v) for k, v in values.items()})
+
+    def close(self) -> bool:
+        """Send what is buffered and spooled. True if the server has everything; otherwise the
+        spool stays on disk (one warning line says where) for ``deliver_spool``."""
+        self.flush()
+        if self.spool.pending() and not self._drain(force=True):
+            log.warning("MLflow server %s still unreachable: run %s's tracking data is kept in %s; "
+                        "deliver it later with lifelong.platform.tracking.deliver_spool(%r, %r)",
+                        self.uri, self.run_id, self.spool.dir, self.uri, str(self.spool.dir))
+            return False
+        return True
+
+    # -- delivery --------------------------------------------------------------------------------
+    def _send_batch(self, metrics: list[Metric], tags: Optional[dict[str, str]] = None) -> None:
+        run_tags = [RunTag(k, v) for k, v in (tags or {}).items()]
+        if not self._now(lambda: self.client.log_batch(self.run_id, metrics=metrics, tags=run_tags,
+                                                       synchronous=True)):
+            self.spool.add_batch(metrics, tags)
+
+    def _send_artifact(self, local_file: Path, artifact_path: Optional[str]) -> None:
+        if not self._now(lambda: self.client.log_artifact(self.run_id, str(local_file), artifact_path)):
+            self.spool.add_artifact(local_file, artifact_path)
+
+    def _now(self, call: Callable[[], None]) -> bool:
+        """Make the call after whatever is spooled; False (spool it) while the server is down."""
+        if self.spool.pending() and not self._drain():
+            return False
+        try:
+            with http_limits():
+                call()
+        except Exception as err:
+            if not unreachable(err):
+                raise
+            self._went_down(err)
+            return False
+        self._down = False
+        return True
+
+    def _drain(self, force: bool = False) -> bool:
+        """Deliver the spool; True once it is empty."""
+        if not force and time.monotonic() < self._retry_at:
+            return False
+        try:
+            with http_limits():
+                self.spool.deliver(self.client, self.run_id)
+        except Exception as err:
+            if not unreachable(err):
+                raise
+            self._went_down(err)
+            return False
+        if self._down:
+            log.warning("MLflow server %s is back: spooled tracking data delivered", self.uri)
+        self._down, self._backoff = False, RETRY_MIN_S
+        return True
+
+    def _went_down(self, err: BaseException) -> None:
+        if not self._down:
+            log.warning("MLflow server %s unreachable (%s): spooling to %s, training goes on",
+                        self.uri, brief(err), self.spool.dir)
+            self._down, self._backoff = True, RETRY_MIN_S
+        else:
+            self._backoff = min(self._backoff * 2, RETRY_MAX_S)
+        self._retry_at = time.monotonic() + self._backoff
+
+
+def deliver_spool(uri: str, spool_dir: str | Path) -> bool:
+    """Deliver tracking data a run spooled while its server was down: ``spool_dir`` is one
+    run's ``.lifelong/spool/<run_id>`` (the run id is the folder's name) or ``.lifelong/spool``
+    for all of them. Delivered records are removed; True when nothing is left to deliver.
+    A plain function, e.g. ``python -c 'from lifelong.platform.tracking import deliver_spool;
+    deliver_spool("http://mlflow:5000", ".lifelong/spool")'`` (no CLI command of its own)."""
+    root = Path(spool_dir)
+    runs = [root] if (root / "spool.jsonl").exists() else (
+        sorted(p for p in root.iterdir() if (p / "spool.jsonl").exists()) if root.is_dir() else [])
+    client, done = MlflowClient(uri), True
+    for directory in runs:
+        try:
+            with http_limits(retries=2):
+                Spool(directory).deliver(client, directory.name)
+            done = done and not Spool(directory).pending()
+        except Exception as err:
+            log.warning("could not deliver %s to %s (%s); it stays on disk", directory, uri, brief(err))
+            done = False
+    return done
 
 
 def read_matrix(uri: str, run_id: str) -> Optional[dict]:
     """The latest accuracy matrix a run recorded, or None."""
     client = MlflowClient(uri)
     try:
-        path = client.download_artifacts(run_id, MATRIX_ARTIFACT)
+        with http_limits(retries=2):
+            path = client.download_artifacts(run_id, MATRIX_ARTIFACT)
     except Exception:
         return None
     return json.loads(Path(path).read_text())

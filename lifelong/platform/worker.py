@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,7 +23,8 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
     torch.set_num_threads(payload["threads"])
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
     cfg = build_config(payload["config"])
-    tracker = Tracker(payload["tracking_uri"], payload["run_id"]) if rank == 0 else None
+    tracker = (Tracker(payload["tracking_uri"], payload["run_id"], Path(payload["spool_dir"]))
+               if rank == 0 else None)
     board = payload.get("progress")
     progress = (lambda event: board.push.remote(event)) if board is not None else None
     learner = Learner(cfg, rank, world_size, tracker=tracker, progress=progress)
@@ -34,3 +36,5 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
                          "time/learner_built_seconds": built - t0,  # + data, model, DeepSpeed
                          "time/startup_seconds": result.first_step_at - t0,  # + eval at init
                          "time/total_seconds": time.time() - t0}, step=0, flush=True)
+    if tracker is not None:
+        tracker.close()  # delivers anything spooled while the server was down, or says where it is
