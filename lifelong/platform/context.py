@@ -29,10 +29,14 @@ class PlatformContext:
         self.rank = rank
         self.world_size = world_size
         self._engine: "TorchEngine | DeepSpeedEngine | None" = None
+        self._skeleton: Optional[nn.Module] = None
 
-    def attach(self, engine: "TorchEngine | DeepSpeedEngine") -> None:
-        """Called once the engine exists (after ``wrap_model``)."""
+    def attach(self, engine: "TorchEngine | DeepSpeedEngine", skeleton: nn.Module) -> None:
+        """Called once the engine exists (after ``wrap_model``). ``skeleton`` is the model's
+        architecture on the meta device: ``logits_fn`` runs it with explicit parameters, so
+        it never meets partitioned (ZeRO-3) parameters and costs no memory."""
         self._engine = engine
+        self._skeleton = skeleton
 
     @property
     def engine(self) -> "TorchEngine | DeepSpeedEngine":
@@ -79,9 +83,14 @@ class PlatformContext:
     def batches(self, data: Samples, batch_size: int,
                 shuffle_seed: Optional[int] = None) -> Iterator[Batch]:
         if shuffle_seed is None:
-            return eval_batches(data, self.featurize, batch_size, self.rank, self.world_size)
-        return train_batches(data, self.featurize, batch_size, shuffle_seed, self.rank, self.world_size)
+            batches = eval_batches(data, self.featurize, batch_size, self.rank, self.world_size)
+        else:
+            batches = train_batches(data, self.featurize, batch_size, shuffle_seed, self.rank,
+                                    self.world_size)
+        device = self.engine.device
+        return (b.to(device) for b in batches)
 
     def logits_fn(self, params: dict[str, torch.Tensor], x: torch.Tensor,
                   task: torch.Tensor) -> torch.Tensor:
-        return mask_logits(functional_call(self.engine.module, params, (x,)), task, self.masks)
+        assert self._skeleton is not None, "attach() first"
+        return mask_logits(functional_call(self._skeleton, params, (x,)), task, self.masks)

@@ -17,8 +17,9 @@ from omegaconf import OmegaConf
 from rich.console import Console
 
 from lifelong.platform.config import RunConfig
-from lifelong.platform.errors import unwrap_worker_error
+from lifelong.platform.errors import TrackingError, unwrap_worker_error
 from lifelong.platform.preflight import check_data, check_supported
+from lifelong.platform.spool import http_limits
 from lifelong.platform.tracking import (default_artifact_location, end_run, read_matrix,
                                         resolve_uri, start_run)
 
@@ -41,7 +42,12 @@ def run(cfg: RunConfig, console: Optional[Console] = None, progress: bool = True
     check_data(cfg)
     uri = resolve_uri(cfg.tracking.uri, base)
     artifacts = cfg.tracking.artifact_location or default_artifact_location(uri, base)
-    run_id = start_run(cfg, uri, artifacts)
+    try:
+        with http_limits(retries=1):
+            run_id = start_run(cfg, uri, artifacts)
+    except Exception as err:  # unreachable server, bad store: stop before any compute
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise TrackingError(f"tracking.uri={uri}: cannot create the MLflow run ({first[:200]})") from None
     console.print(f"[bold]lifelong[/] run [cyan]{run_id}[/] · strategy {cfg.strategy.name} · "
                   f"{cfg.engine.workers} worker(s), {cfg.engine.backend} ZeRO-{cfg.engine.zero_stage}")
     status = "FAILED"
@@ -49,7 +55,11 @@ def run(cfg: RunConfig, console: Optional[Console] = None, progress: bool = True
         _fit(cfg, uri, run_id, t0, console, progress)
         status = "FINISHED"
     finally:
-        end_run(uri, run_id, status)
+        try:
+            end_run(uri, run_id, status)
+        except Exception as err:  # server down: what was logged is kept, only the status is not
+            console.print(f"warning: could not mark MLflow run {run_id} {status}: "
+                          f"{' '.join(str(err).split())[:200]}", style="yellow", markup=False)
     matrix = read_matrix(uri, run_id) or {"R": [], "init": []}
     return RunOutcome(run_id, uri, matrix["R"], matrix["init"], time.time() - t0)
 
@@ -65,16 +75,24 @@ def _fit(cfg: RunConfig, uri: str, run_id: str, t0: float, console: Console, pro
     from lifelong.platform.worker import train_loop_per_worker
 
     _init_ray()
-    MlflowClient(uri).log_metric(run_id, "time/ray_ready_seconds", time.time() - t0, step=0)
+    try:
+        with http_limits(retries=1):
+            MlflowClient(uri).log_metric(run_id, "time/ray_ready_seconds", time.time() - t0, step=0)
+    except Exception:  # a timing point is not worth a failed run; the tracker spools the rest
+        pass
     workers = cfg.engine.workers
-    cpus = cfg.engine.cpus_per_worker or max(int(ray.available_resources().get("CPU", 1)) // workers, 1)
+    cpus = cfg.engine.cpus_per_worker or _cpus_per_worker(workers)
+    # One GPU per worker where the cluster has them (Ray Train then picks NCCL), else gloo on CPUs.
+    use_gpu = ray.cluster_resources().get("GPU", 0) >= workers
     board = ProgressBoard.remote() if progress else None
     payload = {"config": OmegaConf.to_container(OmegaConf.structured(cfg)), "tracking_uri": uri,
-               "run_id": run_id, "t0": t0, "threads": cpus, "progress": board}
+               "run_id": run_id, "t0": t0, "threads": cpus, "progress": board,
+               "spool_dir": str(Path(".lifelong/spool", run_id).resolve())}
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=payload,
-        scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": cpus}),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": cpus, **({"GPU": 1} if use_gpu else {})}),
         run_config=RayRunConfig(name=f"lifelong-{run_id}",
                                 storage_path=str(Path(".lifelong/ray").resolve())),
     )
@@ -87,6 +105,14 @@ def _fit(cfg: RunConfig, uri: str, run_id: str, t0: float, console: Console, pro
             run_with_progress(trainer.fit, board, console)
     except TrainingFailedError as err:
         raise unwrap_worker_error(err) from None
+
+
+def _cpus_per_worker(workers: int) -> int:
+    """Share the cluster's CPUs evenly, but never ask for more than one node has."""
+    import ray
+
+    per_node = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+    return max(1, int(min(sum(per_node) // workers, max(per_node, default=1))))
 
 
 def _init_ray() -> None:

@@ -30,6 +30,7 @@ class TorchEngine:
     """One process, plain torch: the unsharded reference."""
 
     zero_stage = 0
+    device = torch.device("cpu")
 
     def __init__(self, module: nn.Module, optim: OptimConfig) -> None:
         self.module = module
@@ -91,6 +92,7 @@ class DeepSpeedEngine:
         self.ds, self.optimizer, _, _ = deepspeed.initialize(model=module, optimizer=optimizer,
                                                              config=config)
         self.module = self.ds.module
+        self.device = self.ds.device
         self.named = dict(self.module.named_parameters())
         if torch.distributed.get_world_size() == 1:
             # An all-reduce over one rank is the identity; skipping it halves step time here.
@@ -108,7 +110,9 @@ class DeepSpeedEngine:
     def full_params(self) -> dict[str, torch.Tensor]:
         from deepspeed.utils import safe_get_full_fp32_param
 
-        if self.zero_stage == 0:  # parameters are whole and fp32 on every rank
+        if self.zero_stage < 3:
+            # fp32 training: below ZeRO-3 every rank's module holds whole, current parameters
+            # (ZeRO-1/2 all-gather the updated partitions into them after each step).
             return {n: p.detach() for n, p in self.named.items()}
         out = {}
         for name, param in self.named.items():
@@ -159,6 +163,14 @@ class DeepSpeedEngine:
             state = safe_get_full_optimizer_state(param, key)
             if state is not None:
                 safe_set_full_optimizer_state(param, state.masked_fill(_as_mask(mask, state), 0.0), key)
+
+
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of optimizer state this worker holds (ZeRO wraps the torch optimizer, whose
+    state then covers only this worker's partition)."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    return sum(t.numel() * t.element_size() for state in inner.state.values()
+               for t in state.values() if torch.is_tensor(t) and t.dim() > 0)
 
 
 def _as_mask(mask: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:

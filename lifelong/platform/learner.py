@@ -8,6 +8,7 @@ rank 0 hands the new accuracy-matrix row to the tracker.
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 
 from lifelong.platform.config import RunConfig
 from lifelong.platform.context import PlatformContext
-from lifelong.platform.engine import build_engine
+from lifelong.platform.engine import build_engine, optimizer_state_bytes
 from lifelong.platform.errors import TrainingError
 from lifelong.platform.model import build_mlp, mask_logits
 from lifelong.platform.tracking import Tracker
@@ -38,6 +39,7 @@ class LearnerResult:
     boundary_seconds: float = 0.0  # strategy task hooks + evaluation
     first_step_at: Optional[float] = None  # wall-clock time of the first optimizer step
     steps: int = 0
+    optimizer_state_bytes: int = 0  # held by this worker at the end
 
 
 class Learner:
@@ -57,9 +59,13 @@ class Learner:
         self.strategy: Strategy = strategy_cls(cfg.strategy, self.ctx)
         model = build_mlp(cfg.model, self.stream.input_dim, self.stream.n_outputs)
         model = self.strategy.wrap_model(model)
+        skeleton = copy.deepcopy(model).to("meta")
         micro_batch = max(cfg.train.batch_size // world_size, 1)
         self.engine = build_engine(model, cfg.optim, cfg.engine, micro_batch)
-        self.ctx.attach(self.engine)
+        self.device = self.engine.device
+        if self.masks is not None:
+            self.masks = self.ctx.masks = self.masks.to(self.device)
+        self.ctx.attach(self.engine, skeleton)
         self.result = LearnerResult()
         self.task_step = 0
 
@@ -85,8 +91,11 @@ class Learner:
             if self.tracker is not None:
                 self.tracker.task_end(self.result.R, self.result.init, self.stream.name)
             self._emit(kind="row", task=task.index, row=self.result.R[-1])
+        self.result.optimizer_state_bytes = optimizer_state_bytes(self.engine.optimizer)
         if self.tracker is not None:
-            self.tracker.metrics({"time/train_seconds": self.result.train_seconds,
+            self.tracker.metrics({"memory/optimizer_state_bytes_per_worker":
+                                  self.result.optimizer_state_bytes,
+                                  "time/train_seconds": self.result.train_seconds,
                                   "time/boundary_seconds": self.result.boundary_seconds,
                                   "time/steps": self.result.steps}, step=0, flush=True)
         return self.result
@@ -113,6 +122,7 @@ class Learner:
 
     def train_step(self, batch) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]
         self.engine.module.train()
+        batch = batch.to(self.device)
         seen = self.strategy.augment_batch(batch)
         logits = mask_logits(self.engine(seen.x), seen.task, self.masks)
         task_loss = F.cross_entropy(logits, seen.y)
@@ -138,6 +148,7 @@ class Learner:
             for batch in eval_batches(data, self.featurize, self.cfg.train.eval_batch_size,
                                       self.rank, self.world_size):
                 # Empty shards still run forward: under ZeRO-3 it gathers parameters collectively.
+                batch = batch.to(self.device)
                 logits = mask_logits(self.engine(batch.x), batch.task, self.masks)
                 counts[task.index, 0] += (logits.argmax(1) == batch.y).sum().item()
                 counts[task.index, 1] += len(batch)

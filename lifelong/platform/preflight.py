@@ -21,6 +21,9 @@ def check_supported(cfg: RunConfig) -> None:
     if engine.workers > 1 and not support.multi_worker:
         raise UnsupportedError(f"strategy {cfg.strategy.name!r} is not proven correct on "
                                f"{engine.workers} workers ({support.reason}); use engine.workers=1")
+    if engine.workers > 1 and cfg.train.batch_size % engine.workers:
+        raise UnsupportedError(f"train.batch_size={cfg.train.batch_size} (global) must split evenly "
+                               f"across engine.workers={engine.workers}")
     if engine.zero_stage not in support.zero_stages:
         proven = ", ".join(str(s) for s in sorted(support.zero_stages))
         raise UnsupportedError(f"strategy {cfg.strategy.name!r} is not proven correct at ZeRO "

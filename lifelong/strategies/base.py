@@ -46,6 +46,11 @@ class Support:
     multi_worker: bool = False
     reason: str = "not yet proven equivalent to a single plain worker"
 
+    @staticmethod
+    def everywhere() -> "Support":
+        """Proven at ZeRO stages 0-3 on several workers (cite the test that shows it)."""
+        return Support(zero_stages=frozenset({0, 1, 2, 3}), multi_worker=True, reason="")
+
 
 class StrategyContext(Protocol):
     """What the platform offers a strategy; every call is valid at the supported stages."""

@@ -42,7 +42,7 @@ class EWC(Strategy):
     name = "ewc"
     description = "elastic weight consolidation: Fisher-weighted pull to past optima"
     Config = EWCConfig
-    support = Support()
+    support = Support.everywhere()  # tests/e2e/test_sharding_equivalence.py
 
     @classmethod
     def check_config(cls, config: EWCConfig) -> None:  # type: ignore[override]

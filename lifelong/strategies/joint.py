@@ -12,7 +12,7 @@ from lifelong.streams.scenarios import Task
 class Joint(Strategy):
     name = "joint"
     description = "train on the union of all tasks seen so far (upper bound)"
-    support = Support()
+    support = Support.everywhere()  # tests/e2e/test_sharding_equivalence.py
 
     def __init__(self, config: Any, ctx: Any) -> None:
         super().__init__(config, ctx)

@@ -2,6 +2,12 @@
 
 Every training row the learner has seen has the same chance of being in the buffer
 (Vitter's reservoir sampling); each step trains on the batch plus rows drawn from it.
+
+Consistent across data-parallel workers (the reason Mammoth refuses DDP): every worker
+offers the *global* batch (all-gathered, in rank order) to its reservoir with the same
+seed, so all buffers are identical and equal to a single worker's; each step draws one
+global replay batch and each worker trains on its own slice of it. N workers therefore
+take the same steps as one worker, which the sharding-equivalence tests check.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ class Replay(Strategy):
     name = "replay"
     description = "experience replay from a reservoir buffer of past rows"
     Config = ReplayConfig
-    support = Support()
+    support = Support.everywhere()  # tests/e2e/test_sharding_equivalence.py
 
     @classmethod
     def check_config(cls, config: ReplayConfig) -> None:  # type: ignore[override]
@@ -43,18 +49,22 @@ class Replay(Strategy):
         self.buffer: Optional[Batch] = None
         self.filled = 0  # rows of the buffer in use
         self.seen = 0  # rows offered to the reservoir so far
-        self.rng = random.Random(config.seed + 7919 * ctx.rank)
-        self.draw = torch.Generator().manual_seed(config.seed + 7919 * ctx.rank + 1)
+        self.rng = random.Random(config.seed)  # the same on every worker, on purpose
+        self.draw = torch.Generator().manual_seed(config.seed + 1)
 
     def augment_batch(self, batch: Batch) -> Batch:
         if self.filled == 0 or self.buffer is None:
             return batch
-        n = self.config.replay_batch_size or len(batch)
-        idx = torch.randint(self.filled, (n,), generator=self.draw)
+        world = self.ctx.world_size
+        n = self.config.replay_batch_size or len(batch) * world  # global replay rows
+        idx = torch.randint(self.filled, (n,), generator=self.draw).tensor_split(world)[self.ctx.rank]
         replayed = Batch(self.buffer.x[idx], self.buffer.y[idx], self.buffer.task[idx])
         return Batch.cat([batch, replayed])
 
     def after_step(self, batch: Batch) -> None:
+        if self.ctx.world_size > 1:
+            batch = Batch(*(torch.cat(self.ctx.all_gather(getattr(batch, f)))
+                            for f in ("x", "y", "task")))
         size = self.config.buffer_size
         if self.buffer is None:
             self.buffer = Batch(batch.x.new_empty(size, batch.x.shape[1]),

@@ -49,6 +49,9 @@ class Batch:
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
+    def to(self, device: torch.device) -> "Batch":
+        return Batch(self.x.to(device), self.y.to(device), self.task.to(device))
+
     @staticmethod
     def cat(parts: list["Batch"]) -> "Batch":
         return Batch(*(torch.cat([getattr(p, f) for p in parts]) for f in ("x", "y", "task")))

@@ -23,15 +23,25 @@ SPLIT_DIGITS = dict(
             "setting": "task"},
     model={"hidden": [64, 64]},
     strategy={"name": "ewc", "lam": 100.0},
-    optim={"name": "sgd", "lr": 0.05},
+    optim={"name": "sgd", "lr": 0.05, "momentum": 0.9},
     train={"epochs": 5, "batch_size": 32, "log_every": 5},
     tracking={"experiment": "e2e"},
 )
 
 
-def test_ewc_on_split_digits_lands_in_mlflow(ray_cluster, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    outcome = run(make_config(**SPLIT_DIGITS), progress=False)
+@pytest.fixture(scope="module")
+def split_digits_run(ray_cluster, tmp_path_factory):
+    """One `lifelong run` of EWC on split digits: 1 DeepSpeed worker, MLflow SQLite."""
+    here, workdir = os.getcwd(), tmp_path_factory.mktemp("split_digits")
+    os.chdir(workdir)
+    try:
+        return run(make_config(**SPLIT_DIGITS), progress=False), workdir
+    finally:
+        os.chdir(here)
+
+
+def test_ewc_on_split_digits_lands_in_mlflow(split_digits_run):
+    outcome, tmp_path = split_digits_run
 
     client = MlflowClient(outcome.tracking_uri)
     assert outcome.tracking_uri == f"sqlite:///{tmp_path / 'mlruns.db'}"
@@ -63,6 +73,21 @@ def test_ewc_on_split_digits_lands_in_mlflow(ray_cluster, tmp_path, monkeypatch)
         assert Path(client.download_artifacts(outcome.run_id, path)).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     config_yaml = Path(client.download_artifacts(outcome.run_id, "config.yaml")).read_text()
     assert "lam: 100.0" in config_yaml
+
+
+def test_two_workers_at_zero_2_reproduce_the_single_worker_run(split_digits_run, tmp_path, monkeypatch):
+    """The driver's multi-worker path: same matrix (see test_sharding_equivalence for why
+    and the tolerance), and each worker logged half the optimizer state."""
+    single, single_dir = split_digits_run
+    monkeypatch.chdir(tmp_path)
+    cfg = make_config(**dict(SPLIT_DIGITS, engine={"workers": 2, "zero_stage": 2}))
+    sharded = run(cfg, progress=False)
+    diff = max(abs(a - b) for ra, rb in zip(single.R, sharded.R) for a, b in zip(ra, rb))
+    assert diff <= 0.012, (single.R, sharded.R)
+    memory = "memory/optimizer_state_bytes_per_worker"
+    one = MlflowClient(single.tracking_uri).get_run(single.run_id).data.metrics[memory]
+    two = MlflowClient(sharded.tracking_uri).get_run(sharded.run_id).data.metrics[memory]
+    assert two / one == pytest.approx(0.5, abs=0.05)
 
 
 def test_diverged_worker_fails_with_one_line_and_keeps_the_run(ray_cluster, tmp_path, monkeypatch, capsys):

@@ -153,23 +153,37 @@ def test_plugin_hooks_are_called_in_order(stream):
 
 # -- preflight -----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", BUILTINS)
-def test_preflight_refuses_two_workers(name):
-    cfg = config({"name": name}, engine={"backend": "deepspeed", "workers": 2})
+UNPROVEN = "tests.unit.plugin_fixture:MyStrategy"  # declares the default Support: stage 0, 1 worker
+
+
+def test_preflight_refuses_two_workers_for_an_unproven_strategy():
+    cfg = config({"name": UNPROVEN}, engine={"backend": "deepspeed", "workers": 2})
     with pytest.raises(UnsupportedError) as info:
         check_supported(cfg)
-    assert f"'{name}'" in str(info.value)
-    assert "workers" in str(info.value)
+    assert f"'{UNPROVEN}'" in str(info.value) and "workers" in str(info.value)
     assert isinstance(info.value, ConfigError)  # exit code 2 on the CLI
 
 
-@pytest.mark.parametrize("name", BUILTINS)
-def test_preflight_refuses_zero_stage_2(name):
-    cfg = config({"name": name}, engine={"backend": "deepspeed", "zero_stage": 2})
+def test_preflight_refuses_zero_stage_2_for_an_unproven_strategy():
+    cfg = config({"name": UNPROVEN}, engine={"backend": "deepspeed", "zero_stage": 2})
     with pytest.raises(UnsupportedError) as info:
         check_supported(cfg)
-    assert f"'{name}'" in str(info.value)
-    assert "stage 2" in str(info.value)
+    assert f"'{UNPROVEN}'" in str(info.value) and "stage 2" in str(info.value)
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_preflight_accepts_builtins_on_two_workers_at_every_stage(name, stage):
+    """Proven by tests/e2e/test_sharding_equivalence.py."""
+    check_supported(config({"name": name}, engine={"backend": "deepspeed", "workers": 2,
+                                                   "zero_stage": stage}))
+
+
+def test_preflight_refuses_a_global_batch_that_does_not_split_evenly():
+    cfg = config({"name": "naive"}, engine={"backend": "deepspeed", "workers": 3})
+    with pytest.raises(UnsupportedError) as info:
+        check_supported(cfg)
+    assert "train.batch_size" in str(info.value)
 
 
 @pytest.mark.parametrize("name", BUILTINS)
