@@ -19,8 +19,10 @@ def make_config(**groups: Any) -> RunConfig:
     return build_config(OmegaConf.create(groups))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[None]:
+    """Embedded Ray for one test module; shut down after it, so modules that start a Ray
+    head of their own (cluster submission) never see two clusters on this machine."""
     import ray
 
     # Ray's workers import test helpers (tests.e2e.*) by name: give them the repo root.
