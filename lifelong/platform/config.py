@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from lifelong.platform.errors import ConfigError, require
+from lifelong.platform.errors import ConfigError, first_line, require
 
 
 @dataclass
@@ -156,8 +156,7 @@ def _read_raw(path: Optional[str | Path], overrides: Sequence[str]) -> DictConfi
         try:
             base = OmegaConf.load(p)
         except Exception as err:  # yaml.YAMLError and friends
-            first = str(err).strip().splitlines()[0]
-            raise ConfigError(f"{p}: not valid YAML ({first})") from None
+            raise ConfigError(f"{p}: not valid YAML ({first_line(err)})") from None
         if not isinstance(base, DictConfig):
             raise ConfigError(f"{p}: the top level must be a mapping of config groups")
     for item in overrides:
@@ -168,13 +167,12 @@ def _read_raw(path: Optional[str | Path], overrides: Sequence[str]) -> DictConfi
         try:
             override = OmegaConf.from_dotlist([item])
         except Exception as err:  # OmegaConf and YAML parser errors alike
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise ConfigError(f"override {item!r}: cannot parse the value ({first})") from None
+            raise ConfigError(f"override {item!r}: cannot parse the value ({first_line(err)})") from None
         merged = _switch_strategy(merged, override)
         try:
             merged = OmegaConf.merge(merged, override)
         except OmegaConfBaseException as err:
-            raise ConfigError(f"override {item!r}: {str(err).splitlines()[0]}") from None
+            raise ConfigError(f"override {item!r}: {first_line(err)}") from None
     return merged  # type: ignore[return-value]
 
 
@@ -192,7 +190,7 @@ def _switch_strategy(current: DictConfig, override: DictConfig) -> DictConfig:
 
 def _describe(err: OmegaConfBaseException, strategy_cls: type) -> str:
     key = getattr(err, "full_key", None) or "?"
-    msg = str(err).strip().splitlines()[0]
+    msg = first_line(err)
     if isinstance(err, ConfigKeyError):
         if key.startswith("strategy."):
             known = ", ".join(f for f in strategy_cls.Config.__dataclass_fields__ if f != "name")

