@@ -1,4 +1,4 @@
-"""The ``lifelong`` command: run, strategies, data fetch."""
+"""The ``lifelong`` command: run, submit, strategies, data fetch."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from typing import Optional, Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lifelong.platform.errors import LifelongError
@@ -40,6 +41,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no live progress bars")
     run.set_defaults(handler=_run)
 
+    submit = sub.add_parser("submit", help="run an experiment as a Ray job on a cluster: "
+                                           "CONFIG.yaml [key=value ...] --address URL")
+    submit.add_argument("config", help="YAML experiment file, inside the directory to upload (the cwd)")
+    submit.add_argument("overrides", nargs="*", help="dotted overrides, e.g. strategy.lam=50")
+    submit.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265",
+                        help="the cluster's dashboard (default: $RAY_ADDRESS or http://127.0.0.1:8265)")
+    submit.add_argument("--no-follow", action="store_true", help="submit and return; do not stream logs")
+    submit.set_defaults(handler=_submit)
+
     strategies = sub.add_parser("strategies", help="list registered strategies")
     strategies.set_defaults(handler=_strategies)
 
@@ -70,8 +80,15 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _submit(args: argparse.Namespace) -> int:
+    from lifelong.platform.submit import submit
+
+    status = submit(args.config, args.overrides, args.address, follow=not args.no_follow)
+    return 0 if args.no_follow or status == "SUCCEEDED" else 1
+
+
 def _summary(R: list[list[float]], init: list[float]) -> Table:
-    table = Table(title="accuracy matrix R[i][j] (row: after task i; column: task j)")
+    table = Table(title=escape("accuracy matrix R[i][j] (row: after task i; column: task j)"))
     table.add_column("after", justify="right")
     for j in range(len(init)):
         table.add_column(f"task {j}", justify="right")
