@@ -26,7 +26,33 @@ def build_optimizer(cfg: OptimConfig, params: Iterator[nn.Parameter]) -> torch.o
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
-class TorchEngine:
+class WholeParams:
+    """Parameter access for a module whose parameters, grads and optimizer state are whole
+    on this process: the plain engine always, DeepSpeed at ZeRO-0."""
+
+    module: nn.Module
+    optimizer: torch.optim.Optimizer
+    named: dict[str, nn.Parameter]
+
+    def full_params(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach() for n, p in self.named.items()}
+
+    @contextmanager
+    def editable_grads(self) -> Iterator[dict[str, torch.Tensor]]:
+        yield {n: p.grad for n, p in self.named.items() if p.grad is not None}
+
+    @contextmanager
+    def gathered(self) -> Iterator[dict[str, torch.Tensor]]:
+        with torch.no_grad():
+            yield {n: p.data for n, p in self.named.items()}
+
+    def reset_optimizer_state(self, name: str, mask: Optional[torch.Tensor]) -> None:
+        for key, value in self.optimizer.state.get(self.named[name], {}).items():
+            if key in OPTIMIZER_STATE_KEYS:
+                value.masked_fill_(_as_mask(mask, value), 0.0)
+
+
+class TorchEngine(WholeParams):
     """One process, plain torch: the unsharded reference."""
 
     zero_stage = 0
@@ -47,26 +73,8 @@ class TorchEngine:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    def full_params(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach() for n, p in self.named.items()}
 
-    @contextmanager
-    def editable_grads(self) -> Iterator[dict[str, torch.Tensor]]:
-        yield {n: p.grad for n, p in self.named.items() if p.grad is not None}
-
-    @contextmanager
-    def gathered(self) -> Iterator[dict[str, torch.Tensor]]:
-        with torch.no_grad():
-            yield {n: p.data for n, p in self.named.items()}
-
-    def reset_optimizer_state(self, name: str, mask: Optional[torch.Tensor]) -> None:
-        param = self.named[name]
-        for key, value in self.optimizer.state.get(param, {}).items():
-            if key in OPTIMIZER_STATE_KEYS:
-                value.masked_fill_(_as_mask(mask, value), 0.0)
-
-
-class DeepSpeedEngine:
+class DeepSpeedEngine(WholeParams):
     """A DeepSpeed engine on the process group Ray Train set up (gloo on CPU, NCCL on GPU)."""
 
     def __init__(self, module: nn.Module, optim: OptimConfig, engine: EngineConfig,
@@ -113,7 +121,7 @@ class DeepSpeedEngine:
         if self.zero_stage < 3:
             # fp32 training: below ZeRO-3 every rank's module holds whole, current parameters
             # (ZeRO-1/2 all-gather the updated partitions into them after each step).
-            return {n: p.detach() for n, p in self.named.items()}
+            return super().full_params()
         out = {}
         for name, param in self.named.items():
             full = safe_get_full_fp32_param(param)
@@ -124,10 +132,11 @@ class DeepSpeedEngine:
     def editable_grads(self) -> Iterator[dict[str, torch.Tensor]]:
         from deepspeed.utils import safe_get_full_grad, safe_set_full_grad
 
-        params = self.named
         if self.zero_stage == 0:  # .grad already holds the full averaged gradient
-            yield {n: p.grad for n, p in params.items() if p.grad is not None}
+            with super().editable_grads() as grads:
+                yield grads
             return
+        params = self.named
         grads = {n: safe_get_full_grad(p) for n, p in params.items()}
         grads = {n: g for n, g in grads.items() if g is not None}
         yield grads
@@ -139,26 +148,25 @@ class DeepSpeedEngine:
     def gathered(self) -> Iterator[dict[str, torch.Tensor]]:
         from deepspeed.utils import safe_set_full_fp32_param
 
-        params = self.named
         if self.zero_stage == 0:
-            with torch.no_grad():
-                yield {n: p.data for n, p in params.items()}
+            with super().gathered() as params:
+                yield params
             return
         full = {n: v.clone() for n, v in self.full_params().items()}
         yield full
         with torch.no_grad():
             for name, value in full.items():
-                safe_set_full_fp32_param(params[name], value)
+                safe_set_full_fp32_param(self.named[name], value)  # the optimizer's fp32 master
+                if self.zero_stage < 3:  # and the module's own whole copy, used by forward
+                    self.named[name].data.copy_(value)
 
     def reset_optimizer_state(self, name: str, mask: Optional[torch.Tensor]) -> None:
         from deepspeed.utils import safe_get_full_optimizer_state, safe_set_full_optimizer_state
 
-        param = self.named[name]
         if self.zero_stage == 0:
-            for key, value in self.optimizer.state.get(param, {}).items():
-                if key in OPTIMIZER_STATE_KEYS:
-                    value.masked_fill_(_as_mask(mask, value), 0.0)
+            super().reset_optimizer_state(name, mask)
             return
+        param = self.named[name]
         for key in OPTIMIZER_STATE_KEYS:
             state = safe_get_full_optimizer_state(param, key)
             if state is not None:

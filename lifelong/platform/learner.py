@@ -114,10 +114,10 @@ class Learner:
             self.task_step += 1
             if self.result.steps % cfg.log_every == 0:
                 check_finite(terms["loss"], task_index, self.task_step)
-            if self.tracker is not None and self.result.steps % cfg.log_every == 0:
-                log = {f"train/{k}": float(v) for k, v in terms.items()}
-                self.tracker.metrics(log, step=self.result.steps)
-                self._emit(kind="step", step_in_task=self.task_step, loss=log["train/loss"])
+                if self.tracker is not None:
+                    log = {f"train/{k}": float(v) for k, v in terms.items()}
+                    self.tracker.metrics(log, step=self.result.steps)
+                    self._emit(kind="step", step_in_task=self.task_step, loss=log["train/loss"])
         self.result.train_seconds += time.perf_counter() - started
 
     def train_step(self, batch) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]

@@ -30,11 +30,11 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
     learner = Learner(cfg, rank, world_size, tracker=tracker, progress=progress)
     built = time.time()
     result = learner.run()
-    if tracker is not None and result.first_step_at is not None:
-        t0 = payload["t0"]
-        tracker.metrics({"time/worker_started_seconds": entered - t0,  # since `lifelong run` began
-                         "time/learner_built_seconds": built - t0,  # + data, model, DeepSpeed
-                         "time/startup_seconds": result.first_step_at - t0,  # + eval at init
-                         "time/total_seconds": time.time() - t0}, step=0, flush=True)
     if tracker is not None:
+        if result.first_step_at is not None:
+            t0 = payload["t0"]
+            tracker.metrics({"time/worker_started_seconds": entered - t0,  # since `lifelong run` began
+                             "time/learner_built_seconds": built - t0,  # + data, model, DeepSpeed
+                             "time/startup_seconds": result.first_step_at - t0,  # + eval at init
+                             "time/total_seconds": time.time() - t0}, step=0, flush=True)
         tracker.close()  # delivers anything spooled while the server was down, or says where it is
