@@ -29,6 +29,8 @@ class StreamConfig:
     train_samples_per_task: Optional[int] = None  # subsample for quick runs; None = all
     test_samples_per_task: Optional[int] = None
     data_dir: Optional[str] = None  # directory of IDX files; None = the data cache
+    chunk_batches: int = 16  # batches per request to the stream actor
+    prefetch: int = 4  # requests in flight per worker (backpressure bound)
 
 
 @dataclass
@@ -207,7 +209,7 @@ def _check_values(cfg: RunConfig) -> None:
         if flat[key] not in allowed:
             raise ConfigError(f"{key}: {flat[key]!r} is not one of {', '.join(allowed)}")
     positive = ["stream.n_tasks", "train.epochs", "train.batch_size", "train.eval_batch_size",
-                "train.log_every", "engine.workers"]
+                "train.log_every", "engine.workers", "stream.chunk_batches", "stream.prefetch"]
     for key in positive:
         require(int(flat[key]) >= 1, key, f"must be >= 1, got {flat[key]}")
     require(cfg.engine.zero_stage in (0, 1, 2, 3), "engine.zero_stage",

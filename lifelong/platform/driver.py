@@ -72,6 +72,7 @@ def _fit(cfg: RunConfig, uri: str, run_id: str, t0: float, console: Console, pro
     from ray.train.torch import TorchTrainer
 
     from lifelong.platform.progress import ProgressBoard, run_with_progress
+    from lifelong.platform.stream_actor import StreamActor
     from lifelong.platform.worker import train_loop_per_worker
 
     _init_ray()
@@ -85,8 +86,9 @@ def _fit(cfg: RunConfig, uri: str, run_id: str, t0: float, console: Console, pro
     # One GPU per worker where the cluster has them (Ray Train then picks NCCL), else gloo on CPUs.
     use_gpu = ray.cluster_resources().get("GPU", 0) >= workers
     board = ProgressBoard.remote() if progress else None
+    stream = StreamActor.remote(cfg)  # owns the data; outlives worker restarts
     payload = {"config": OmegaConf.to_container(OmegaConf.structured(cfg)), "tracking_uri": uri,
-               "run_id": run_id, "t0": t0, "threads": cpus, "progress": board,
+               "run_id": run_id, "t0": t0, "threads": cpus, "progress": board, "stream": stream,
                "spool_dir": str(Path(".lifelong/spool", run_id).resolve())}
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -103,6 +105,8 @@ def _fit(cfg: RunConfig, uri: str, run_id: str, t0: float, console: Console, pro
             run_with_progress(trainer.fit, board, console)
     except TrainingFailedError as err:
         raise unwrap_worker_error(err) from None
+    finally:
+        ray.kill(stream)
 
 
 def _cpus_per_worker(workers: int) -> int:

@@ -1,9 +1,10 @@
-"""One learner worker's life: build everything, then train task after task.
+"""One learner worker's life: build everything, then follow the stream task after task.
 
-Runs inside a Ray Train worker (``worker.py``) and, for fast tests, in-process. At
-each task boundary it calls the strategy, evaluates every task's test set (sharded
-across workers, counts all-reduced, so the row is the same at any world size), and
-rank 0 hands the new accuracy-matrix row to the tracker.
+Runs inside a Ray Train worker (``worker.py``), fed by the stream actor, and, for fast
+tests and the plain reference, in-process from a local feed. The stream says where each
+task starts and ends; at each end the learner calls the strategy, evaluates every task's
+test set (sharded across workers, counts all-reduced, so the row is the same at any world
+size), and rank 0 hands the new accuracy-matrix row to the tracker.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from lifelong.platform.model import build_mlp, mask_logits
 from lifelong.platform.tracking import Tracker
 from lifelong.strategies.base import Strategy
 from lifelong.strategies.registry import resolve_strategy
-from lifelong.streams.batches import Featurizer, Samples, epoch_seed, eval_batches, n_batches, train_batches
+from lifelong.streams.batches import Featurizer
+from lifelong.streams.feed import Feed, LocalFeed, StreamServer, TaskEnd, TaskStart, TrainRows
 from lifelong.streams.registry import build_stream
 from lifelong.streams.scenarios import TaskStream
 
@@ -35,8 +37,9 @@ Progress = Callable[[dict], None]
 class LearnerResult:
     R: list[list[float]] = field(default_factory=list)  # accuracy matrix rows so far
     init: list[float] = field(default_factory=list)  # accuracy at initialisation, per task
-    train_seconds: float = 0.0  # optimizer steps only
+    train_seconds: float = 0.0  # optimizer steps, including waiting on the stream
     boundary_seconds: float = 0.0  # strategy task hooks + evaluation
+    stream_wait_seconds: float = 0.0  # of train_seconds, blocked waiting for the stream
     first_step_at: Optional[float] = None  # wall-clock time of the first optimizer step
     steps: int = 0
     optimizer_state_bytes: int = 0  # held by this worker at the end
@@ -45,19 +48,24 @@ class LearnerResult:
 class Learner:
     def __init__(self, cfg: RunConfig, rank: int = 0, world_size: int = 1,
                  tracker: Optional[Tracker] = None, progress: Optional[Progress] = None,
-                 stream: Optional[TaskStream] = None) -> None:
+                 stream: Optional[TaskStream] = None, feed: Optional[Feed] = None) -> None:
         self.cfg = cfg
         self.rank, self.world_size = rank, world_size
         self.tracker = tracker if rank == 0 else None
         self.progress = progress if rank == 0 else None
         torch.manual_seed(cfg.seed)
-        self.stream = stream or build_stream(cfg.stream, cfg.seed)
-        self.featurize = Featurizer(self.stream)
-        self.masks = self.stream.output_masks()
-        self.ctx = PlatformContext(self.featurize, self.masks, rank, world_size)
         strategy_cls = resolve_strategy(cfg.strategy.name)
+        if feed is None:
+            server = StreamServer(stream or build_stream(cfg.stream, cfg.seed), cfg.train.batch_size,
+                                  cfg.train.epochs, cfg.seed, strategy_cls.train_on)
+            feed = LocalFeed(server, rank, world_size, cfg.train.eval_batch_size)
+        self.feed = feed
+        self.spec = feed.spec
+        self.featurize = Featurizer(self.spec)
+        self.masks = self.spec.masks
+        self.ctx = PlatformContext(self.featurize, self.masks, rank, world_size)
         self.strategy: Strategy = strategy_cls(cfg.strategy, self.ctx)
-        model = build_mlp(cfg.model, self.stream.input_dim, self.stream.n_outputs)
+        model = build_mlp(cfg.model, self.spec.input_dim, self.spec.n_outputs)
         model = self.strategy.wrap_model(model)
         skeleton = copy.deepcopy(model).to("meta")
         micro_batch = max(cfg.train.batch_size // world_size, 1)
@@ -68,57 +76,70 @@ class Learner:
         self.ctx.attach(self.engine, skeleton)
         self.result = LearnerResult()
         self.task_step = 0
+        self.at_boundary: Optional[Callable[["Learner"], None]] = None  # e.g. checkpoint
 
     # -- the stream --------------------------------------------------------------------------
     def run(self) -> LearnerResult:
-        tasks = self.stream.tasks
-        self.result.init = self.evaluate_all()
-        self._emit(kind="start", n_tasks=len(tasks), epochs=self.cfg.train.epochs)
-        for task in tasks:
-            started = time.perf_counter()
-            self.strategy.on_task_start(task)
-            data = self.strategy.train_data(task, Samples.of(task, "train"))
-            self.result.boundary_seconds += time.perf_counter() - started
-            self._emit(kind="task", task=task.index, name=task.name,
-                       steps=n_batches(len(data), self.cfg.train.batch_size) * self.cfg.train.epochs)
-            self.task_step = 0
-            for epoch in range(self.cfg.train.epochs):
-                self.train_epoch(task.index, data, epoch)
-            started = time.perf_counter()
-            self.strategy.on_task_end(task, Samples.of(task, "train"))
-            self.result.R.append(self.evaluate_all())
-            self.result.boundary_seconds += time.perf_counter() - started
-            if self.tracker is not None:
-                self.tracker.task_end(self.result.R, self.result.init, self.stream.name)
-            self._emit(kind="row", task=task.index, row=self.result.R[-1])
+        """Train from the first task not in ``result.R`` (all of them, unless resumed)."""
+        if not self.result.init:
+            self.result.init = self.evaluate_all()
+        self._emit(kind="start", n_tasks=len(self.spec.tasks), epochs=self.cfg.train.epochs,
+                   done=len(self.result.R))
+        started, boundaries, waited = time.perf_counter(), self.result.boundary_seconds, self.feed.wait_seconds
+        for event in self.feed.events(start_task=len(self.result.R)):
+            if isinstance(event, TrainRows):
+                self.train_rows(event)
+            elif isinstance(event, TaskStart):
+                self.task_start(event)
+            elif isinstance(event, TaskEnd):
+                self.task_end(event)
+        self.result.train_seconds += (time.perf_counter() - started
+                                      - (self.result.boundary_seconds - boundaries))
+        self.result.stream_wait_seconds += self.feed.wait_seconds - waited
         self.result.optimizer_state_bytes = optimizer_state_bytes(self.engine.optimizer)
         if self.tracker is not None:
+            train = max(self.result.train_seconds, 1e-9)
             self.tracker.metrics({"memory/optimizer_state_bytes_per_worker":
                                   self.result.optimizer_state_bytes,
                                   "time/train_seconds": self.result.train_seconds,
                                   "time/boundary_seconds": self.result.boundary_seconds,
-                                  "time/steps": self.result.steps}, step=0, flush=True)
+                                  "time/steps": self.result.steps,
+                                  "stream/wait_seconds": self.result.stream_wait_seconds,
+                                  "stream/wait_fraction": self.result.stream_wait_seconds / train},
+                                 step=0, flush=True)
         return self.result
 
-    def train_epoch(self, task_index: int, data: Samples, epoch: int) -> None:
-        cfg = self.cfg.train
-        seed = epoch_seed(self.cfg.seed, task_index, epoch)
-        batches = train_batches(data, self.featurize, cfg.batch_size, seed, self.rank, self.world_size)
-        log: dict[str, float] = {}
+    def task_start(self, event: TaskStart) -> None:
         started = time.perf_counter()
+        self.strategy.on_task_start(event.task)
+        self.result.boundary_seconds += time.perf_counter() - started
+        self._emit(kind="task", task=event.task.index, name=event.task.name, steps=event.steps)
+        self.task_step = 0
         if self.result.first_step_at is None:
             self.result.first_step_at = time.time()
-        for batch in batches:
-            terms = self.train_step(batch)
-            self.result.steps += 1
-            self.task_step += 1
-            if self.result.steps % cfg.log_every == 0:
-                check_finite(terms["loss"], task_index, self.task_step)
-                if self.tracker is not None:
-                    log = {f"train/{k}": float(v) for k, v in terms.items()}
-                    self.tracker.metrics(log, step=self.result.steps)
-                    self._emit(kind="step", step_in_task=self.task_step, loss=log["train/loss"])
-        self.result.train_seconds += time.perf_counter() - started
+
+    def train_rows(self, event: TrainRows) -> None:
+        terms = self.train_step(self.featurize(event.rows))
+        self.result.steps += 1
+        self.task_step += 1
+        if self.result.steps % self.cfg.train.log_every == 0:
+            check_finite(terms["loss"], event.task, self.task_step)
+            if self.tracker is not None:
+                log = {f"train/{k}": float(v) for k, v in terms.items()}
+                self.tracker.metrics(log, step=self.result.steps)
+                self._emit(kind="step", step_in_task=self.task_step, loss=log["train/loss"])
+
+    def task_end(self, event: TaskEnd) -> None:
+        started = time.perf_counter()
+        task = event.task
+        self.strategy.on_task_end(task, self.feed.train_rows(task.index))
+        self.result.R.append(self.evaluate_all())
+        if self.tracker is not None:
+            self.tracker.task_end(self.result.R, self.result.init, self.spec.name)
+        self._emit(kind="row", task=task.index, row=self.result.R[-1])
+        if self.at_boundary is not None:
+            self.at_boundary(self)
+        self.result.boundary_seconds += time.perf_counter() - started
 
     def train_step(self, batch) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]
         self.engine.module.train()
@@ -142,13 +163,11 @@ class Learner:
     def evaluate_all(self) -> list[float]:
         """Accuracy on every task's test set; the same on any number of workers."""
         self.engine.module.eval()
-        counts = torch.zeros(len(self.stream.tasks), 2, dtype=torch.float64)
-        for task in self.stream.tasks:
-            data = Samples.of(task, "test")
-            for batch in eval_batches(data, self.featurize, self.cfg.train.eval_batch_size,
-                                      self.rank, self.world_size):
+        counts = torch.zeros(len(self.spec.tasks), 2, dtype=torch.float64)
+        for task in self.spec.tasks:
+            for rows in self.feed.test_slices(task.index):
                 # Empty shards still run forward: under ZeRO-3 it gathers parameters collectively.
-                batch = batch.to(self.device)
+                batch = self.featurize(rows).to(self.device)
                 logits = mask_logits(self.engine(batch.x), batch.task, self.masks)
                 counts[task.index, 0] += (logits.argmax(1) == batch.y).sum().item()
                 counts[task.index, 1] += len(batch)

@@ -58,7 +58,7 @@ def run_with_progress(work: Callable[[], Any], board: Any, console: Console) -> 
 def _apply(bars: Progress, tasks_bar: Any, steps_bar: Any, event: dict) -> None:
     kind = event["kind"]
     if kind == "start":
-        bars.update(tasks_bar, total=event["n_tasks"], completed=0, info="")
+        bars.update(tasks_bar, total=event["n_tasks"], completed=event.get("done", 0), info="")
     elif kind == "task":
         bars.update(steps_bar, total=event["steps"], completed=0,
                     description=f"task {event['task']}", info=event["name"])

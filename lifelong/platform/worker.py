@@ -27,7 +27,13 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
                if rank == 0 else None)
     board = payload.get("progress")
     progress = (lambda event: board.push.remote(event)) if board is not None else None
-    learner = Learner(cfg, rank, world_size, tracker=tracker, progress=progress)
+    feed = None
+    if payload.get("stream") is not None:  # the run's stream actor (the driver always starts one)
+        from lifelong.platform.stream_actor import RemoteFeed
+
+        feed = RemoteFeed(payload["stream"], rank, world_size, cfg.train.eval_batch_size,
+                          cfg.stream.chunk_batches, cfg.stream.prefetch)
+    learner = Learner(cfg, rank, world_size, tracker=tracker, progress=progress, feed=feed)
     built = time.time()
     result = learner.run()
     if tracker is not None:

@@ -20,22 +20,23 @@ Where the planned strategies plug in:
 - MoE routing: ``wrap_model`` builds experts and a router, ``on_task_start`` adds an
   expert, ``loss_terms`` returns routing/load-balance losses, ``transform_grads``
   zeroes frozen experts' gradients.
-- Replay and joint training change *what* is trained on: ``train_data`` and
-  ``augment_batch``.
+- Replay and joint training change *what* is trained on: ``augment_batch`` adds rows
+  to each step; ``train_on`` says which tasks' rows make up a task's training set (it
+  runs where the stream lives, the stream actor, so it is a pure function of the index).
 """
 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator, Literal, Optional, Protocol
+from typing import Any, ClassVar, Iterator, Literal, Optional, Protocol, Sequence
 
 import torch
 from torch import nn
 
 from lifelong.platform.config import StrategyConfig
-from lifelong.streams.batches import Batch, Samples
-from lifelong.streams.scenarios import Task
+from lifelong.streams.batches import Batch, Rows, Samples
+from lifelong.streams.scenarios import TaskInfo
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ class StrategyContext(Protocol):
     def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         """Every worker's tensor, in rank order."""
 
-    def batches(self, data: Samples, batch_size: int, shuffle_seed: Optional[int] = None) -> Iterator[Batch]:
+    def batches(self, data: Rows, batch_size: int, shuffle_seed: Optional[int] = None) -> Iterator[Batch]:
         """This worker's shard of ``data`` as float batches (no shuffle unless a seed is given)."""
 
     def logits_fn(self, params: dict[str, torch.Tensor], x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
@@ -108,9 +109,11 @@ class Strategy:
         return model
 
     # -- data ----------------------------------------------------------------------
-    def train_data(self, task: Task, data: Samples) -> Samples:
-        """What to train on during ``task`` (joint training returns a union)."""
-        return data
+    @classmethod
+    def train_on(cls, task_index: int) -> Sequence[int]:
+        """Which tasks' training rows make up the training set while learning ``task_index``
+        (joint training: all so far). Evaluated by the stream actor, not on the learner."""
+        return [task_index]
 
     def augment_batch(self, batch: Batch) -> Batch:
         """Add rows to a training batch (replay)."""
@@ -130,11 +133,12 @@ class Strategy:
         """After the optimizer step; ``batch`` is the current task's rows only."""
 
     # -- task boundaries ---------------------------------------------------------------
-    def on_task_start(self, task: Task) -> None:
+    def on_task_start(self, task: TaskInfo) -> None:
         """Before the first step on ``task``."""
 
-    def on_task_end(self, task: Task, data: Samples) -> None:
-        """After the last step on ``task``; ``data`` is its training data."""
+    def on_task_end(self, task: TaskInfo, data: Rows) -> None:
+        """After the last step on ``task``; ``data`` is its training rows (indexable; rows
+        are fetched from the stream when indexed, so take the subset you need)."""
 
     # -- resume --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -25,8 +25,8 @@ from torch.func import grad, vmap
 from lifelong.platform.config import StrategyConfig
 from lifelong.platform.errors import require
 from lifelong.strategies.base import Strategy, Support
-from lifelong.streams.batches import Samples
-from lifelong.streams.scenarios import Task
+from lifelong.streams.batches import Rows
+from lifelong.streams.scenarios import TaskInfo
 
 
 @dataclass
@@ -72,7 +72,7 @@ class EWC(Strategy):
                 g.add_(self.fisher_sum[name] * params[name] - self.anchor_sum[name], alpha=lam)
         return {}
 
-    def on_task_end(self, task: Task, data: Samples) -> None:
+    def on_task_end(self, task: TaskInfo, data: Rows) -> None:
         fisher = self.estimate_fisher(task, data)
         params = {n: p.detach().clone() for n, p in self.ctx.full_params().items()}
         self.last_fisher = fisher
@@ -86,7 +86,7 @@ class EWC(Strategy):
         else:
             self.anchor_sum = {n: self.anchor_sum.get(n, 0) + fisher[n] * params[n] for n in fisher}
 
-    def estimate_fisher(self, task: Task, data: Samples) -> dict[str, torch.Tensor]:
+    def estimate_fisher(self, task: TaskInfo, data: Rows) -> dict[str, torch.Tensor]:
         """Exact empirical Fisher diagonal over (a seeded subset of) ``data``, all workers."""
         n = self.config.fisher_samples
         if n is not None and n < len(data):

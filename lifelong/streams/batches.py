@@ -9,11 +9,11 @@ batch -- the property the sharding-equivalence tests rely on.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Optional, Protocol, Sequence
 
 import torch
 
-from lifelong.streams.scenarios import Task, TaskStream
+from lifelong.streams.scenarios import Task
 
 
 @dataclass
@@ -57,13 +57,33 @@ class Batch:
         return Batch(*(torch.cat([getattr(p, f) for p in parts]) for f in ("x", "y", "task")))
 
 
+class Rows(Protocol):
+    """Indexable labelled rows: ``Samples`` in memory, or a view whose rows a stream actor
+    sends on demand. What boundary hooks (``on_task_end``) receive."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, idx: torch.Tensor) -> Samples: ...
+
+
+class Normalisation(Protocol):
+    """What a featuriser needs of a stream (a ``TaskStream`` or its ``StreamSpec``)."""
+
+    max_value: float
+    mean: float
+    std: float
+
+    @property
+    def permutations(self) -> Sequence[Optional[torch.Tensor]]: ...
+
+
 class Featurizer:
     """uint8 rows -> normalised float rows, each with its own task's pixel permutation."""
 
-    def __init__(self, stream: TaskStream) -> None:
+    def __init__(self, stream: Normalisation) -> None:
         self.scale = 1.0 / (stream.max_value * stream.std)
         self.shift = stream.mean / stream.std
-        self.permutations = [t.permutation for t in stream.tasks]
+        self.permutations = list(stream.permutations)
 
     def __call__(self, samples: Samples) -> Batch:
         x, task = samples.x, samples.task
@@ -82,23 +102,38 @@ class Featurizer:
         return Batch(x.float().mul_(self.scale).sub_(self.shift), samples.y, task)
 
 
-def train_batches(data: Samples, featurize: Featurizer, batch_size: int, seed: int,
+def train_batches(data: Rows, featurize: Featurizer, batch_size: int, seed: int,
                   rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
     """One epoch of this rank's slices of seeded global batches (last partial one dropped)."""
-    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    order = epoch_order(len(data), seed)
     for b in range(n_batches(len(data), batch_size)):
-        idx = order[b * batch_size:(b + 1) * batch_size].tensor_split(world_size)[rank]
-        yield featurize(data[idx])
+        yield featurize(data[train_slice(order, b, batch_size, rank, world_size)])
 
 
-def eval_batches(data: Samples, featurize: Featurizer, batch_size: int,
+def epoch_order(n_samples: int, seed: int) -> torch.Tensor:
+    """The seeded row order of one epoch: the same on every rank and in the stream actor."""
+    return torch.randperm(n_samples, generator=torch.Generator().manual_seed(seed))
+
+
+def train_slice(order: torch.Tensor, b: int, batch_size: int, rank: int, world_size: int) -> torch.Tensor:
+    """Row indices of rank ``rank``'s slice of global batch ``b``."""
+    return order[b * batch_size:(b + 1) * batch_size].tensor_split(world_size)[rank]
+
+
+def eval_batches(data: Rows, featurize: Featurizer, batch_size: int,
                  rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
-    """This rank's contiguous shard of a test set. Every rank yields the same number of
+    """This rank's contiguous shard of a test set, featurised (see ``eval_slices``)."""
+    for rows in eval_slices(data, batch_size, rank, world_size):
+        yield featurize(rows)
+
+
+def eval_slices(data: Rows, batch_size: int, rank: int = 0, world_size: int = 1) -> Iterator[Samples]:
+    """This rank's contiguous shard of a test set, raw. Every rank yields the same number of
     batches (possibly empty ones) so collective ops inside forward never hang."""
     shard = torch.arange(len(data)).tensor_split(world_size)[rank]
     longest = -(-len(data) // world_size)
     for b in range(max(-(-longest // batch_size), 1)):
-        yield featurize(data[shard[b * batch_size:(b + 1) * batch_size]])
+        yield data[shard[b * batch_size:(b + 1) * batch_size]]
 
 
 def n_batches(n_samples: int, batch_size: int) -> int:

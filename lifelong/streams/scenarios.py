@@ -31,6 +31,32 @@ class Task:
 
 
 @dataclass(frozen=True)
+class TaskInfo:
+    """A task as a learner sees it: what it is, not its rows (those stay with the stream)."""
+
+    index: int
+    name: str
+    n_train: int
+    n_test: int
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """Everything a learner needs to build its model and featurise rows, without the data:
+    what the stream actor hands each worker before the first batch."""
+
+    name: str
+    tasks: list[TaskInfo]
+    n_outputs: int
+    input_dim: int
+    max_value: float
+    mean: float
+    std: float
+    permutations: list[Optional[torch.Tensor]]
+    masks: Optional[torch.Tensor]  # bool [n_tasks, n_outputs], or None
+
+
+@dataclass(frozen=True)
 class TaskStream:
     """A finite sequence of tasks plus what a learner needs to featurise them."""
 
@@ -44,6 +70,15 @@ class TaskStream:
 
     def __len__(self) -> int:
         return len(self.tasks)
+
+    @property
+    def permutations(self) -> list[Optional[torch.Tensor]]:
+        return [t.permutation for t in self.tasks]
+
+    def spec(self) -> StreamSpec:
+        infos = [TaskInfo(t.index, t.name, len(t.train.y), len(t.test.y)) for t in self.tasks]
+        return StreamSpec(self.name, infos, self.n_outputs, self.input_dim, self.max_value,
+                          self.mean, self.std, self.permutations, self.output_masks())
 
     def output_masks(self) -> Optional[torch.Tensor]:
         """bool [n_tasks, n_outputs], or None when no task masks its logits."""

@@ -33,10 +33,6 @@ class MyStrategy(Strategy):
     def on_task_start(self, task):  # type: ignore[no-untyped-def]
         self.calls.append(("on_task_start", task.index))
 
-    def train_data(self, task, data):  # type: ignore[no-untyped-def]
-        self.calls.append(("train_data", task.index))
-        return data
-
     def augment_batch(self, batch):  # type: ignore[no-untyped-def]
         self.calls.append(("augment_batch", int(batch.task[0])))
         return batch

@@ -20,6 +20,7 @@ from lifelong.strategies.naive import Naive
 from lifelong.strategies.registry import available, builtin_strategies, resolve_strategy
 from lifelong.strategies.replay import Replay
 from lifelong.streams.batches import Batch, Samples, epoch_seed, n_batches, train_batches
+from lifelong.streams.feed import StreamServer
 from lifelong.streams.registry import build_stream
 from tests.unit import plugin_fixture
 
@@ -54,7 +55,7 @@ def learner_for(stream):
 
 
 def task_batches(learner: Learner, task_index: int) -> list[Batch]:
-    task = learner.stream.tasks[task_index]
+    task = learner.feed.server.stream.tasks[task_index]
     return list(train_batches(Samples.of(task), learner.featurize, BATCH,
                               epoch_seed(0, task_index, 0)))
 
@@ -142,7 +143,7 @@ def test_plugin_hooks_are_called_in_order(stream):
     steps = n_batches(TRAIN_ROWS, BATCH)  # 4 per task
     expected = [("wrap_model", -1)]
     for t in range(3):
-        expected += [("on_task_start", t), ("train_data", t)]
+        expected += [("on_task_start", t)]
         expected += [("augment_batch", t), ("transform_grads", -1), ("after_step", t)] * steps
         expected += [("on_task_end", t)]
     assert calls == expected
@@ -228,13 +229,12 @@ def test_replay_state_dict_round_trip(learner_for):
 
 # -- joint -----------------------------------------------------------------------------------------------
 
-def test_joint_trains_on_the_union_of_seen_tasks(learner_for):
-    learner = learner_for({"name": "joint"})
-    joint: Joint = learner.strategy  # type: ignore[assignment]
-    tasks = learner.stream.tasks
-    parts = [Samples.of(t) for t in tasks]
+def test_joint_trains_on_the_union_of_seen_tasks(stream):
+    """Joint's training set for task t is tasks 0..t's rows, served by the stream."""
+    server = StreamServer(stream, BATCH, epochs=1, seed=0, train_on=Joint.train_on)
+    parts = [Samples.of(t) for t in stream.tasks]
     for t in range(3):
-        union = joint.train_data(tasks[t], parts[t])
+        union = server.training_set(t)
         expected = Samples.cat(parts[: t + 1])
         assert len(union) == (t + 1) * TRAIN_ROWS
         assert torch.equal(union.x, expected.x)
@@ -247,18 +247,6 @@ def test_joint_run_steps_over_the_growing_union(learner_for):
     result = learner_for({"name": "joint"}).run()
     # 64, 128, 192 rows in batches of 16: 4 + 8 + 12 steps
     assert result.steps == 4 + 8 + 12
-
-
-def test_joint_state_dict_round_trip(learner_for):
-    learner = learner_for({"name": "joint"})
-    for task in learner.stream.tasks[:2]:
-        learner.strategy.train_data(task, Samples.of(task))
-    restored = Joint(learner.cfg.strategy, learner.ctx)
-    restored.load_state_dict(roundtrip(learner.strategy.state_dict()))
-    task2 = learner.stream.tasks[2]
-    a = learner.strategy.train_data(task2, Samples.of(task2))
-    b = restored.train_data(task2, Samples.of(task2))
-    assert torch.equal(a.x, b.x) and torch.equal(a.task, b.task)
 
 
 def test_naive_has_no_state():
@@ -299,7 +287,7 @@ def test_ewc_fisher_is_nonnegative_with_param_shapes_and_exact(learner_for):
     ewc: EWC = learner.strategy  # type: ignore[assignment]
     for batch in task_batches(learner, 0):
         learner.train_step(batch)
-    task = learner.stream.tasks[0]
+    task = learner.feed.server.stream.tasks[0]
     data = Samples.of(task)
     fisher = ewc.estimate_fisher(task, data)
     params = dict(learner.engine.module.named_parameters())
@@ -315,7 +303,7 @@ def test_ewc_fisher_is_nonnegative_with_param_shapes_and_exact(learner_for):
 
 def test_ewc_fisher_on_a_subset(learner_for):
     learner = learner_for({"name": "ewc", "fisher_samples": 10})
-    task = learner.stream.tasks[1]
+    task = learner.feed.server.stream.tasks[1]
     fisher = learner.strategy.estimate_fisher(task, Samples.of(task))
     g = torch.Generator().manual_seed(task.index)
     rows = torch.randperm(TRAIN_ROWS, generator=g)[:10].sort().values
@@ -340,7 +328,7 @@ def test_ewc_transform_grads_adds_the_penalty_gradient(learner_for):
     ewc: EWC = learner.strategy  # type: ignore[assignment]
     for batch in task_batches(learner, 0):
         learner.train_step(batch)
-    task0 = learner.stream.tasks[0]
+    task0 = learner.feed.server.stream.tasks[0]
     fisher = ewc.estimate_fisher(task0, Samples.of(task0))
     anchor = snapshot(learner.ctx.full_params())
     ewc.on_task_end(task0, Samples.of(task0))
@@ -364,7 +352,7 @@ def test_ewc_separate_mode_sums_fisher_and_anchors(learner_for):
     ewc: EWC = learner.strategy  # type: ignore[assignment]
     fishers, anchors = [], []
     for t in range(2):
-        task = learner.stream.tasks[t]
+        task = learner.feed.server.stream.tasks[t]
         perturb(learner, seed=10 + t)
         fishers.append(ewc.estimate_fisher(task, Samples.of(task)))
         anchors.append(snapshot(learner.ctx.full_params()))
@@ -381,7 +369,7 @@ def test_ewc_online_mode_decays_the_old_fisher(learner_for):
     ewc: EWC = learner.strategy  # type: ignore[assignment]
     fishers = []
     for t in range(2):
-        task = learner.stream.tasks[t]
+        task = learner.feed.server.stream.tasks[t]
         perturb(learner, seed=20 + t)
         fishers.append(ewc.estimate_fisher(task, Samples.of(task)))
         ewc.on_task_end(task, Samples.of(task))
@@ -396,7 +384,7 @@ def test_ewc_online_mode_decays_the_old_fisher(learner_for):
 def test_ewc_state_dict_round_trip(learner_for):
     learner = learner_for({"name": "ewc", "lam": 3.0, "fisher_samples": 32})
     ewc: EWC = learner.strategy  # type: ignore[assignment]
-    task0 = learner.stream.tasks[0]
+    task0 = learner.feed.server.stream.tasks[0]
     ewc.on_task_end(task0, Samples.of(task0))
     perturb(learner, seed=3)
     restored = EWC(learner.cfg.strategy, learner.ctx)
