@@ -146,8 +146,6 @@ class DeepSpeedEngine(WholeParams):
 
     @contextmanager
     def gathered(self) -> Iterator[dict[str, torch.Tensor]]:
-        from deepspeed.utils import safe_set_full_fp32_param
-
         if self.zero_stage == 0:
             with super().gathered() as params:
                 yield params
@@ -156,21 +154,61 @@ class DeepSpeedEngine(WholeParams):
         yield full
         with torch.no_grad():
             for name, value in full.items():
-                safe_set_full_fp32_param(self.named[name], value)  # the optimizer's fp32 master
+                set_full_fp32(self.named[name], value)  # the optimizer's fp32 master
                 if self.zero_stage < 3:  # and the module's own whole copy, used by forward
                     self.named[name].data.copy_(value)
+            if self.zero_stage == 3:  # and the module's partitions, which forward gathers
+                import deepspeed
+
+                with deepspeed.zero.GatheredParameters(list(self.named.values()), modifier_rank=0):
+                    for name, value in full.items():
+                        self.named[name].data.copy_(value)
 
     def reset_optimizer_state(self, name: str, mask: Optional[torch.Tensor]) -> None:
-        from deepspeed.utils import safe_get_full_optimizer_state, safe_set_full_optimizer_state
+        from deepspeed.utils import safe_get_full_optimizer_state
 
         if self.zero_stage == 0:
             super().reset_optimizer_state(name, mask)
             return
         param = self.named[name]
-        for key in OPTIMIZER_STATE_KEYS:
+        for key in held_state_keys(self.optimizer.optimizer):  # asking for others raises
             state = safe_get_full_optimizer_state(param, key)
             if state is not None:
-                safe_set_full_optimizer_state(param, state.masked_fill(_as_mask(mask, state), 0.0), key)
+                set_full_fp32(param, state.masked_fill(_as_mask(mask, state), 0.0), key)
+
+
+def held_state_keys(optimizer: torch.optim.Optimizer) -> list[str]:
+    """The OPTIMIZER_STATE_KEYS this torch optimizer holds now (none before its first
+    step), in one fixed order, so that every rank makes the same collective calls."""
+    held = {key for state in optimizer.state.values() for key in state}
+    return [key for key in OPTIMIZER_STATE_KEYS if key in held]
+
+
+def set_full_fp32(param: nn.Parameter, value: torch.Tensor, optim_state_key: Optional[str] = None) -> None:
+    """DeepSpeed's ``safe_set_full_fp32_param`` / ``safe_set_full_optimizer_state`` (ZeRO 1-3),
+    except that at ZeRO-3 it writes this rank's slice through the local API: DeepSpeed 0.19's
+    full setter narrows past the end of a parameter the world size does not divide."""
+    from deepspeed.utils import (safe_set_full_fp32_param, safe_set_full_optimizer_state,
+                                 safe_set_local_fp32_param, safe_set_local_optimizer_state)
+
+    if not hasattr(param, "ds_id"):  # ZeRO 1/2
+        if optim_state_key is None:
+            safe_set_full_fp32_param(param, value)
+        else:
+            safe_set_full_optimizer_state(param, value, optim_state_key)
+        return
+    import deepspeed.comm as dist
+
+    # The partition layout DeepSpeed's own setter uses, padded: rank r owns [r*n, (r+1)*n).
+    group = getattr(param, "ds_process_group", None)
+    n, rank = param.ds_tensor.numel(), dist.get_rank(group=group)
+    padded = value.new_zeros(n * dist.get_world_size(group=group))
+    padded[:value.numel()] = value.flatten()
+    local = padded[rank * n:(rank + 1) * n]
+    if optim_state_key is None:
+        safe_set_local_fp32_param(param, local)
+    else:
+        safe_set_local_optimizer_state(param, local, optim_state_key)
 
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
