@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from lifelong.platform.errors import LifelongError
+from lifelong.platform.errors import ConfigError, LifelongError
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -35,9 +35,13 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lifelong", description="Distributed continual learning.")
     sub = parser.add_subparsers(dest="command")
 
-    run = sub.add_parser("run", help="run an experiment: CONFIG.yaml [key=value ...]")
-    run.add_argument("config", help="YAML experiment file (see configs/)")
-    run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. strategy.lam=50")
+    run = sub.add_parser("run", help="run an experiment: CONFIG.yaml [key=value ...], or go on "
+                                     "with a stopped one: --resume RUN_ID [key=value ...]")
+    run.add_argument("args", nargs="*", metavar="CONFIG [key=value ...]",
+                     help="YAML experiment file (see configs/), then dotted overrides, e.g. "
+                          "strategy.lam=50 (with --resume: overrides only)")
+    run.add_argument("--resume", metavar="RUN_ID", help="continue this run from its latest "
+                     "task-boundary checkpoint, into the same MLflow run, with its own config")
     run.add_argument("--no-progress", action="store_true", help="no live progress bars")
     run.set_defaults(handler=_run)
 
@@ -63,11 +67,18 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     from lifelong.platform.config import load_config
-    from lifelong.platform.driver import run
+    from lifelong.platform.driver import resume, run
 
-    cfg = load_config(args.config, args.overrides)
     console = Console()
-    outcome = run(cfg, console=console, progress=not args.no_progress)
+    if args.resume:
+        if args.args and "=" not in args.args[0]:
+            raise ConfigError(f"--resume uses the run's own config; drop {args.args[0]!r}")
+        outcome = resume(args.resume, args.args, console=console, progress=not args.no_progress)
+    else:
+        if not args.args or "=" in args.args[0]:
+            raise ConfigError("lifelong run needs a config file first: lifelong run CONFIG.yaml [key=value ...]")
+        cfg = load_config(args.args[0], args.args[1:])
+        outcome = run(cfg, console=console, progress=not args.no_progress)
     console.print(_summary(outcome.R, outcome.init))
     from lifelong.metrics import summarize
 

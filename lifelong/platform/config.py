@@ -68,6 +68,8 @@ class EngineConfig:
     zero_stage: int = 0  # DeepSpeed ZeRO stage 0..3
     backend: str = "deepspeed"  # deepspeed | torch (plain, unsharded reference)
     cpus_per_worker: Optional[int] = None  # None = share this machine's cores evenly
+    max_failures: int = 2  # worker-group restarts from the last task boundary (Ray Train)
+    storage_path: Optional[str] = None  # checkpoints; None = ./.lifelong/ray; shared FS or s3:// on clusters
 
 
 @dataclass
@@ -149,6 +151,11 @@ def flatten(cfg: RunConfig) -> dict[str, str]:
     return out
 
 
+def read_overrides(overrides: Sequence[str]) -> DictConfig:
+    """Dotted overrides alone, parsed but not validated (e.g. to find ``tracking.uri``)."""
+    return _read_raw(None, overrides)
+
+
 def _read_raw(path: Optional[str | Path], overrides: Sequence[str]) -> DictConfig:
     base = OmegaConf.create()
     if path is not None:
@@ -214,6 +221,8 @@ def _check_values(cfg: RunConfig) -> None:
         require(int(flat[key]) >= 1, key, f"must be >= 1, got {flat[key]}")
     require(cfg.engine.zero_stage in (0, 1, 2, 3), "engine.zero_stage",
             f"must be 0, 1, 2 or 3, got {cfg.engine.zero_stage}")
+    require(cfg.engine.max_failures >= -1, "engine.max_failures",
+            f"must be >= 0, or -1 for no limit, got {cfg.engine.max_failures}")
     require(cfg.optim.lr > 0, "optim.lr", f"must be > 0, got {cfg.optim.lr}")
     require(all(h >= 1 for h in cfg.model.hidden), "model.hidden",
             f"layer widths must be >= 1, got {list(cfg.model.hidden)}")

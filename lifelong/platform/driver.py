@@ -3,6 +3,8 @@
 Ray starts embedded on 127.0.0.1 unless ``RAY_ADDRESS`` names a cluster (as it does
 inside a submitted Ray job). The MLflow run is created here, before any worker
 starts, and ended here: FINISHED, or FAILED with everything logged so far kept.
+``resume`` reopens a stopped run and goes on from its latest task-boundary checkpoint,
+logging into the same MLflow run.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
+from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from rich.console import Console
 
-from lifelong.platform.config import RunConfig
-from lifelong.platform.errors import TrackingError, first_line, unwrap_worker_error
+from lifelong.platform.config import RunConfig, TrackingConfig, load_config, read_overrides
+from lifelong.platform.errors import ConfigError, TrackingError, first_line, unwrap_worker_error
 from lifelong.platform.preflight import check_data, check_supported
 from lifelong.platform.spool import http_limits
 from lifelong.platform.tracking import (default_artifact_location, end_run, read_matrix,
@@ -33,7 +36,11 @@ class RunOutcome:
     seconds: float
 
 
-def run(cfg: RunConfig, console: Optional[Console] = None, progress: bool = True) -> RunOutcome:
+CHECKPOINTS_TAG = "lifelong.checkpoints"  # where a run's Ray Train checkpoints live
+
+
+def run(cfg: RunConfig, console: Optional[Console] = None, progress: bool = True,
+        resume_id: Optional[str] = None) -> RunOutcome:
     console = console or Console()
     t0 = time.time()
     base = Path.cwd()
@@ -41,18 +48,25 @@ def run(cfg: RunConfig, console: Optional[Console] = None, progress: bool = True
     cfg = _absolute_paths(cfg, base)
     check_data(cfg)
     uri = resolve_uri(cfg.tracking.uri, base)
+    storage = Path(cfg.engine.storage_path or ".lifelong/ray").resolve()
     artifacts = cfg.tracking.artifact_location or default_artifact_location(uri, base)
     try:
         with http_limits(retries=1):
-            run_id = start_run(cfg, uri, artifacts)
+            if resume_id is None:
+                run_id = start_run(cfg, uri, artifacts)
+                MlflowClient(uri).set_tag(run_id, CHECKPOINTS_TAG, str(storage / f"lifelong-{run_id}"))
+            else:
+                run_id = resume_id
+                MlflowClient(uri).update_run(run_id, status="RUNNING")
     except Exception as err:  # unreachable server, bad store: stop before any compute
-        raise TrackingError(f"tracking.uri={uri}: cannot create the MLflow run "
-                            f"({first_line(err)[:200]})") from None
-    console.print(f"[bold]lifelong[/] run [cyan]{run_id}[/] · strategy {cfg.strategy.name} · "
+        raise TrackingError(f"tracking.uri={uri}: cannot {'reopen' if resume_id else 'create'} the "
+                            f"MLflow run ({first_line(err)[:200]})") from None
+    verb = "resumes" if resume_id else "run"
+    console.print(f"[bold]lifelong[/] {verb} [cyan]{run_id}[/] · strategy {cfg.strategy.name} · "
                   f"{cfg.engine.workers} worker(s), {cfg.engine.backend} ZeRO-{cfg.engine.zero_stage}")
     status = "FAILED"
     try:
-        _fit(cfg, uri, run_id, t0, console, progress)
+        _fit(cfg, uri, run_id, t0, console, progress, storage)
         status = "FINISHED"
     finally:
         try:
@@ -64,11 +78,36 @@ def run(cfg: RunConfig, console: Optional[Console] = None, progress: bool = True
     return RunOutcome(run_id, uri, matrix["R"], matrix["init"], time.time() - t0)
 
 
-def _fit(cfg: RunConfig, uri: str, run_id: str, t0: float, console: Console, progress: bool) -> None:
+def resume(run_id: str, overrides: list[str], console: Optional[Console] = None,
+           progress: bool = True) -> RunOutcome:
+    """Go on with a stopped run from its latest checkpoint, into the same MLflow run. Its
+    own config is used; overrides may change how it runs (``engine.*``), not what."""
+    raw = read_overrides(overrides)
+    uri = resolve_uri(str(raw.get("tracking", {}).get("uri", TrackingConfig.uri)), Path.cwd())
+    client = MlflowClient(uri)
+    try:
+        with http_limits(retries=1):
+            stored = client.get_run(run_id)
+            config_file = client.download_artifacts(run_id, "config.yaml")
+    except Exception as err:
+        raise ConfigError(f"--resume {run_id}: no such run with a config in {uri} "
+                          f"({first_line(err)[:160]})") from None
+    cfg = load_config(config_file, overrides)
+    where = stored.data.tags.get(CHECKPOINTS_TAG)
+    if cfg.engine.storage_path is None and where:  # where the run itself kept them
+        cfg = replace(cfg, engine=replace(cfg.engine, storage_path=str(Path(where).parent)))
+    checkpoints = Path(cfg.engine.storage_path or ".lifelong/ray").resolve() / f"lifelong-{run_id}"
+    if not checkpoints.is_dir():
+        raise ConfigError(f"--resume {run_id}: no checkpoints at {checkpoints}; run from the "
+                          f"directory it was started in, or set engine.storage_path")
+    return run(cfg, console, progress, resume_id=run_id)
+
+
+def _fit(cfg: RunConfig, uri: str, run_id: str, t0: float, console: Console, progress: bool,
+         storage: Path) -> None:
     import ray
-    from mlflow.tracking import MlflowClient
+    from ray.train import CheckpointConfig, FailureConfig, ScalingConfig, TrainingFailedError
     from ray.train import RunConfig as RayRunConfig
-    from ray.train import ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
     from lifelong.platform.progress import ProgressBoard, run_with_progress
@@ -95,8 +134,10 @@ def _fit(cfg: RunConfig, uri: str, run_id: str, t0: float, console: Console, pro
         train_loop_config=payload,
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cpus, **({"GPU": 1} if use_gpu else {})}),
-        run_config=RayRunConfig(name=f"lifelong-{run_id}",
-                                storage_path=str(Path(".lifelong/ray").resolve())),
+        # The same name and storage on --resume: Ray Train then hands back the latest checkpoint.
+        run_config=RayRunConfig(name=f"lifelong-{run_id}", storage_path=str(storage),
+                                failure_config=FailureConfig(max_failures=cfg.engine.max_failures),
+                                checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
     try:
         if board is None:

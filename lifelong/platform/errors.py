@@ -69,3 +69,9 @@ class SubmitError(LifelongError):
     stream); nothing ran, or the job's state is unknown."""
 
     exit_code = 5
+
+
+class CheckpointError(LifelongError):
+    """A checkpoint cannot be read, or belongs to another experiment; nothing was changed."""
+
+    exit_code = 3

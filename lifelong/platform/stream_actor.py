@@ -33,6 +33,7 @@ class StreamActor:
         self.server = StreamServer(build_stream(cfg.stream, cfg.seed), cfg.train.batch_size,
                                    cfg.train.epochs, cfg.seed, strategy.train_on)
         self.chunks_served = 0
+        self.fatal: Exception | None = None
 
     def describe(self) -> tuple[StreamSpec, list[int], int]:
         """The spec, where each task starts in the plan, and the plan's length."""
@@ -50,6 +51,13 @@ class StreamActor:
 
     def served(self) -> int:
         return self.chunks_served
+
+    # The run's one long-lived actor also remembers an error that a restart would only repeat.
+    def abort(self, err: Exception) -> None:
+        self.fatal = self.fatal or err
+
+    def aborted(self) -> Exception | None:
+        return self.fatal
 
 
 class RemoteFeed:

@@ -1,18 +1,44 @@
-"""The function every Ray Train worker runs: rebuild the config, run a ``Learner``."""
+"""The function every Ray Train worker runs: rebuild the config, run a ``Learner``.
+
+Checkpoint and resume live here: at every task boundary the learner's state is captured
+(collectively) and rank 0's copy is reported to Ray Train, which persists it. A worker
+group that Ray Train restarts after a failure (``engine.max_failures``), or a run resumed
+with ``lifelong run --resume``, starts from the latest one. An error that would only
+happen again (divergence, a bad checkpoint) is recorded with the stream actor first, so a
+restarted group stops at once instead of repeating it.
+"""
 
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
+from lifelong.platform.errors import LifelongError
+
 
 def train_loop_per_worker(payload: dict[str, Any]) -> None:
+    import ray
+
+    stream = payload.get("stream")
+    if stream is not None and (fatal := ray.get(stream.aborted.remote())) is not None:
+        raise fatal
+    try:
+        _train(payload)
+    except LifelongError as err:
+        if stream is not None:
+            ray.get(stream.abort.remote(err))
+        raise
+
+
+def _train(payload: dict[str, Any]) -> None:
     import ray.train
 
+    from lifelong.platform import checkpoint
     from lifelong.platform.config import build_config
     from lifelong.platform.learner import Learner
     from lifelong.platform.tracking import Tracker
@@ -34,6 +60,15 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
         feed = RemoteFeed(payload["stream"], rank, world_size, cfg.train.eval_batch_size,
                           cfg.stream.chunk_batches, cfg.stream.prefetch)
     learner = Learner(cfg, rank, world_size, tracker=tracker, progress=progress, feed=feed)
+    saved = ray.train.get_checkpoint()
+    if saved is not None:
+        with saved.as_directory() as directory:
+            state = checkpoint.read(Path(directory) / checkpoint.FILE, cfg)
+        checkpoint.restore(learner, state)
+        if tracker is not None:
+            tracker.metrics({"fault/resumed_from_task": state["next_task"]}, step=learner.result.steps,
+                            flush=True)
+    learner.at_boundary = _report_checkpoint(rank)
     built = time.time()
     result = learner.run()
     if tracker is not None:
@@ -44,3 +79,22 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
                              "time/startup_seconds": result.first_step_at - t0,  # + eval at init
                              "time/total_seconds": time.time() - t0}, step=0, flush=True)
         tracker.close()  # delivers anything spooled while the server was down, or says where it is
+
+
+def _report_checkpoint(rank: int) -> Callable[[Any], None]:
+    """At a task boundary: capture on every rank (collective), rank 0 writes, all report
+    (Ray Train's report is a barrier and persists rank 0's directory)."""
+    import ray.train
+
+    from lifelong.platform import checkpoint
+
+    def at_boundary(learner: Any) -> None:
+        state = checkpoint.capture(learner)
+        with tempfile.TemporaryDirectory() as tmp:
+            saved = None
+            if rank == 0:
+                checkpoint.write(state, Path(tmp))
+                saved = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report({"next_task": state["next_task"]}, checkpoint=saved)
+
+    return at_boundary
