@@ -11,41 +11,25 @@ optimizer steps) of 2 workers relative to 1.
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
-from pathlib import Path
 
-from mlflow.tracking import MlflowClient
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from lifelong.platform.config import load_config  # noqa: E402
-from lifelong.platform.driver import run  # noqa: E402
+from _runs import measured_run, scratch_cwd
 
 SHORT = ["stream.n_tasks=2", "stream.train_samples_per_task=20000", "stream.test_samples_per_task=2000"]
 SETUPS = {"1 worker, ZeRO-0": (1, 0), "2 workers, ZeRO-0": (2, 0), "2 workers, ZeRO-2": (2, 2)}
 
 
 def measure(workers: int, stage: int, extra: list[str]) -> dict[str, float]:
-    cfg = load_config(ROOT / "configs/permuted_mnist_ewc.yaml",
-                      SHORT + [f"engine.workers={workers}", f"engine.zero_stage={stage}"] + extra)
-    outcome = run(cfg, progress=False)
-    m = MlflowClient(outcome.tracking_uri).get_run(outcome.run_id).data.metrics
+    overrides = SHORT + [f"engine.workers={workers}", f"engine.zero_stage={stage}"] + extra
+    cfg, outcome, m = measured_run("permuted_mnist_ewc.yaml", overrides)
     rows = m["time/steps"] * cfg.train.batch_size  # global batch: each step covers batch_size rows
     return {"state": m["memory/optimizer_state_bytes_per_worker"], "train": m["time/train_seconds"],
             "rows_per_s": rows / m["time/train_seconds"], "R": outcome.R}
 
 
 def main() -> None:
-    here = os.getcwd()
-    with tempfile.TemporaryDirectory() as workdir:  # one cwd for every run: Ray keeps it
-        os.chdir(workdir)
-        try:
-            got = {name: measure(w, s, sys.argv[1:]) for name, (w, s) in SETUPS.items()}
-        finally:
-            os.chdir(here)
+    with scratch_cwd():
+        got = {name: measure(w, s, sys.argv[1:]) for name, (w, s) in SETUPS.items()}
     base = got["1 worker, ZeRO-0"]
     print(f"\n{'':22s}{'opt. state / worker':>20s}{'train s':>9s}{'rows/s':>9s}{'vs 1 worker':>13s}")
     for name, g in got.items():
