@@ -101,8 +101,8 @@ class StreamServer:
     def training_set(self, t: int) -> Samples:
         """Task ``t``'s training rows: the union of the tasks ``train_on(t)`` names."""
         if t not in self._sets:
-            tasks = self.stream.tasks
-            self._sets[t] = Samples.cat([Samples.of(tasks[s], "train") for s in self.train_on(t)])
+            parts = [Samples.of(self.stream.tasks[s], "train") for s in self.train_on(t)]
+            self._sets[t] = parts[0] if len(parts) == 1 else Samples.cat(parts)  # no copy of one
             _trim(self._sets, keep=2)  # ranks may straddle a boundary
         return self._sets[t]
 
