@@ -35,8 +35,9 @@ class StreamConfig:
 
 @dataclass
 class ModelConfig:
-    hidden: list[int] = field(default_factory=lambda: [400, 400])
+    hidden: list[int] = field(default_factory=lambda: [400, 400])  # Linear widths
     activation: str = "relu"  # relu | tanh
+    conv: list[int] = field(default_factory=list)  # channels of 3x3 stride-2 convs before them
 
 
 @dataclass
@@ -226,4 +227,6 @@ def _check_values(cfg: RunConfig) -> None:
     require(cfg.optim.lr > 0, "optim.lr", f"must be > 0, got {cfg.optim.lr}")
     require(all(h >= 1 for h in cfg.model.hidden), "model.hidden",
             f"layer widths must be >= 1, got {list(cfg.model.hidden)}")
+    require(all(c >= 1 for c in cfg.model.conv), "model.conv",
+            f"channel counts must be >= 1, got {list(cfg.model.conv)}")
     check_stream(cfg.stream)

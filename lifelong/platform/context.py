@@ -8,7 +8,7 @@ and on a sharded cluster.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Iterator, Literal, Optional
+from typing import TYPE_CHECKING, Iterator, Literal, Optional, Sequence
 
 import torch
 from torch import nn
@@ -23,11 +23,12 @@ if TYPE_CHECKING:
 
 class PlatformContext:
     def __init__(self, featurize: Featurizer, masks: Optional[torch.Tensor],
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1, seed: int = 0) -> None:
         self.featurize = featurize
         self.masks = masks
         self.rank = rank
         self.world_size = world_size
+        self.seed = seed
         self._engine: "TorchEngine | DeepSpeedEngine | None" = None
         self._skeleton: Optional[nn.Module] = None
 
@@ -48,14 +49,14 @@ class PlatformContext:
     def named_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return list(self.engine.module.named_parameters())
 
-    def full_params(self) -> dict[str, torch.Tensor]:
-        return self.engine.full_params()
+    def full_params(self, names: Optional[Sequence[str]] = None) -> dict[str, torch.Tensor]:
+        return self.engine.full_params(names)
 
     def editable_grads(self) -> AbstractContextManager[dict[str, torch.Tensor]]:
         return self.engine.editable_grads()
 
-    def gathered(self) -> AbstractContextManager[dict[str, torch.Tensor]]:
-        return self.engine.gathered()
+    def gathered(self, names: Optional[Sequence[str]] = None) -> AbstractContextManager[dict[str, torch.Tensor]]:
+        return self.engine.gathered(names)
 
     def reset_optimizer_state(self, name: str, mask: Optional[torch.Tensor] = None) -> None:
         self.engine.reset_optimizer_state(name, mask)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -34,17 +34,17 @@ class WholeParams:
     optimizer: torch.optim.Optimizer
     named: dict[str, nn.Parameter]
 
-    def full_params(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach() for n, p in self.named.items()}
+    def full_params(self, names: Optional[Sequence[str]] = None) -> dict[str, torch.Tensor]:
+        return {n: self.named[n].detach() for n in names or self.named}
 
     @contextmanager
     def editable_grads(self) -> Iterator[dict[str, torch.Tensor]]:
         yield {n: p.grad for n, p in self.named.items() if p.grad is not None}
 
     @contextmanager
-    def gathered(self) -> Iterator[dict[str, torch.Tensor]]:
+    def gathered(self, names: Optional[Sequence[str]] = None) -> Iterator[dict[str, torch.Tensor]]:
         with torch.no_grad():
-            yield {n: p.data for n, p in self.named.items()}
+            yield {n: self.named[n].data for n in names or self.named}
 
     def reset_optimizer_state(self, name: str, mask: Optional[torch.Tensor]) -> None:
         for key, value in self.optimizer.state.get(self.named[name], {}).items():
@@ -115,15 +115,16 @@ class DeepSpeedEngine(WholeParams):
     def step(self) -> None:
         self.ds.step()
 
-    def full_params(self) -> dict[str, torch.Tensor]:
+    def full_params(self, names: Optional[Sequence[str]] = None) -> dict[str, torch.Tensor]:
         from deepspeed.utils import safe_get_full_fp32_param
 
         if self.zero_stage < 3:
             # fp32 training: below ZeRO-3 every rank's module holds whole, current parameters
             # (ZeRO-1/2 all-gather the updated partitions into them after each step).
-            return super().full_params()
+            return super().full_params(names)
         out = {}
-        for name, param in self.named.items():
+        for name in names or self.named:  # every rank asks for the same names: a collective
+            param = self.named[name]
             full = safe_get_full_fp32_param(param)
             out[name] = param.detach() if full is None else full
         return out
@@ -145,12 +146,12 @@ class DeepSpeedEngine(WholeParams):
                 safe_set_full_grad(params[name], grad)
 
     @contextmanager
-    def gathered(self) -> Iterator[dict[str, torch.Tensor]]:
+    def gathered(self, names: Optional[Sequence[str]] = None) -> Iterator[dict[str, torch.Tensor]]:
         if self.zero_stage == 0:
-            with super().gathered() as params:
+            with super().gathered(names) as params:
                 yield params
             return
-        full = {n: v.clone() for n, v in self.full_params().items()}
+        full = {n: v.clone() for n, v in self.full_params(names).items()}
         yield full
         with torch.no_grad():
             for name, value in full.items():
@@ -160,7 +161,8 @@ class DeepSpeedEngine(WholeParams):
             if self.zero_stage == 3:  # and the module's partitions, which forward gathers
                 import deepspeed
 
-                with deepspeed.zero.GatheredParameters(list(self.named.values()), modifier_rank=0):
+                edited = [self.named[name] for name in full]
+                with deepspeed.zero.GatheredParameters(edited, modifier_rank=0):
                     for name, value in full.items():
                         self.named[name].data.copy_(value)
 

@@ -21,7 +21,7 @@ from lifelong.platform.config import RunConfig
 from lifelong.platform.context import PlatformContext
 from lifelong.platform.engine import build_engine, optimizer_state_bytes
 from lifelong.platform.errors import TrainingError
-from lifelong.platform.model import build_mlp, mask_logits
+from lifelong.platform.model import build_model, mask_logits
 from lifelong.platform.tracking import Tracker
 from lifelong.strategies.base import Strategy
 from lifelong.strategies.registry import resolve_strategy
@@ -63,11 +63,11 @@ class Learner:
         self.spec = feed.spec
         self.featurize = Featurizer(self.spec)
         self.masks = self.spec.masks
-        self.ctx = PlatformContext(self.featurize, self.masks, rank, world_size)
+        self.ctx = PlatformContext(self.featurize, self.masks, rank, world_size, cfg.seed)
         self.strategy: Strategy = strategy_cls(cfg.strategy, self.ctx)
-        model = build_mlp(cfg.model, self.spec.input_dim, self.spec.n_outputs)
+        model = build_model(cfg.model, self.spec.input_dim, self.spec.n_outputs)
         model = self.strategy.wrap_model(model)
-        skeleton = copy.deepcopy(model).to("meta")
+        skeleton = architecture_of(model)
         micro_batch = max(cfg.train.batch_size // world_size, 1)
         self.engine = build_engine(model, cfg.optim, cfg.engine, micro_batch)
         self.device = self.engine.device
@@ -152,7 +152,7 @@ class Learner:
         self.engine.backward(loss)
         logged = self.strategy.transform_grads()
         self.engine.step()
-        self.strategy.after_step(batch)
+        logged.update(self.strategy.after_step(batch) or {})  # None from older plugins
         terms = {"loss": loss.detach(), "task_loss": task_loss.detach(),
                  **{k: v.detach() for k, v in extra.items()}}
         terms.update({k: torch.tensor(v) for k, v in logged.items()})
@@ -177,6 +177,16 @@ class Learner:
     def _emit(self, **event) -> None:  # type: ignore[no-untyped-def]
         if self.progress is not None:
             self.progress(event)
+
+
+def architecture_of(model: torch.nn.Module) -> torch.nn.Module:
+    """The model's architecture on the meta device, for functional forwards with explicit
+    parameters. Without the strategies' forward hooks: those watch the live model only."""
+    skeleton = copy.deepcopy(model).to("meta")
+    for module in skeleton.modules():
+        module._forward_hooks.clear()
+        module._forward_pre_hooks.clear()
+    return skeleton
 
 
 def check_finite(loss: torch.Tensor, task: int, step: int) -> None:

@@ -2,20 +2,36 @@
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
 from torch import nn
 
 from lifelong.platform.config import ModelConfig
+from lifelong.platform.errors import ConfigError
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
 
-def build_mlp(cfg: ModelConfig, input_dim: int, n_outputs: int) -> nn.Sequential:
-    """Linear/activation stack; a flat ``nn.Sequential`` so strategies can find units by layer."""
+def build_model(cfg: ModelConfig, input_dim: int, n_outputs: int) -> nn.Sequential:
+    """A flat ``nn.Sequential`` so strategies can find units by layer: optional 3x3 stride-2
+    convolutions (``model.conv`` channels, on the rows seen as square one-channel images),
+    then Linear layers of ``model.hidden`` widths, each followed by the activation."""
     layers: list[nn.Module] = []
     width = input_dim
+    if cfg.conv:
+        side = math.isqrt(input_dim)
+        if side * side != input_dim:
+            raise ConfigError(f"model.conv: needs square images, but rows have {input_dim} values")
+        layers.append(nn.Unflatten(1, (1, side, side)))
+        channels = 1
+        for out_channels in cfg.conv:
+            layers += [nn.Conv2d(channels, out_channels, 3, stride=2, padding=1),
+                       ACTIVATIONS[cfg.activation]()]
+            channels, side = out_channels, (side - 1) // 2 + 1
+        layers.append(nn.Flatten())
+        width = channels * side * side
     for hidden in cfg.hidden:
         layers += [nn.Linear(width, hidden), ACTIVATIONS[cfg.activation]()]
         width = hidden

@@ -1,4 +1,4 @@
-"""Pictures people would rather look at than read: accuracy heatmap and curves."""
+"""Pictures people would rather look at than read: accuracy heatmap and curves, plasticity probes."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+
+from lifelong.metrics.plasticity import MEASURES  # noqa: E402
 
 
 def accuracy_heatmap(R: Sequence[Sequence[float]], title: str = "") -> Figure:
@@ -49,6 +51,64 @@ def accuracy_over_time(R: Sequence[Sequence[float]], init: Sequence[float], titl
     ax.set_title(title or "accuracy on each task over the stream")
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+_FRACTIONS = ("dead", "dormant", "rarely_active")
+_YLABELS = {"effective_rank": "effective rank", "stable_rank": "stable rank (99% of sigma)",
+            "mean_abs_weight": "mean |w|", "grad_norm": "gradient L2 norm"}
+
+
+def plasticity_curves(history: Sequence[tuple[int, dict[str, float]]], task_starts: Sequence[int],
+                      title: str = "") -> Figure:
+    """One panel per measure, one line per layer, against the global step.
+
+    ``history`` holds (step, values) with keys "plasticity/<layer>/<measure>"; dotted grey
+    lines mark the steps where a new task began, so a drop can be read against the stream.
+    """
+    series: dict[str, dict[str, tuple[list[int], list[float]]]] = {m: {} for m in MEASURES}
+    for step, values in sorted(history, key=lambda item: item[0]):
+        for key, value in values.items():
+            parts = key.split("/")
+            if len(parts) != 3 or parts[0] != "plasticity" or parts[2] not in series:
+                continue
+            xs, ys = series[parts[2]].setdefault(parts[1], ([], []))
+            xs.append(step)
+            ys.append(float(value))
+    layers = sorted({layer for by_layer in series.values() for layer in by_layer})
+    if not layers:
+        fig, ax = plt.subplots(figsize=(6.5, 3.0), dpi=110)
+        ax.text(0.5, 0.5, "no probes yet", ha="center", va="center", fontsize=12)
+        ax.set_axis_off()
+        ax.set_title(title or "plasticity probes")
+        return fig
+    fig, axes = plt.subplots(2, 4, figsize=(14.0, 6.0), dpi=110)
+    colors = {layer: f"C{i % 10}" for i, layer in enumerate(layers)}
+    for ax, measure in zip(axes.flat, MEASURES):
+        for layer in layers:
+            if layer in series[measure]:
+                xs, ys = series[measure][layer]
+                ax.plot(xs, ys, marker="o" if len(xs) == 1 else None, markersize=3,
+                        color=colors[layer], label=layer)
+        for start in task_starts:
+            ax.axvline(start, color="grey", linestyle=":", linewidth=1.0)
+        values = [y for xs, ys in series[measure].values() for y in ys if np.isfinite(y)]
+        if measure == "grad_norm" and values and min(values) > 0:
+            ax.set_yscale("log")
+        if measure in _FRACTIONS:
+            ax.set_ylim(-0.02, 1.02)
+        ax.set_title(measure, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.set_ylabel("fraction of units" if measure in _FRACTIONS else _YLABELS[measure], fontsize=8)
+        ax.tick_params(which="both", labelsize=7)
+        ax.grid(alpha=0.3)
+    legend_ax = axes.flat[len(MEASURES)]
+    legend_ax.set_axis_off()
+    handles = [plt.Line2D([], [], color=colors[layer], label=layer) for layer in layers]
+    handles.append(plt.Line2D([], [], color="grey", linestyle=":", label="task start"))
+    legend_ax.legend(handles=handles, loc="center", fontsize=8, title="layer")
+    fig.suptitle(title or "plasticity probes per layer")
     fig.tight_layout()
     return fig
 

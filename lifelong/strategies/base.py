@@ -58,18 +58,22 @@ class StrategyContext(Protocol):
 
     rank: int
     world_size: int
+    seed: int  # the run's seed, the same on every rank: seed strategy-owned generators from it
 
     def named_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """Trainable parameters by name (may be partitioned: use the full_* calls for values)."""
 
-    def full_params(self) -> dict[str, torch.Tensor]:
-        """Full fp32 parameter values, read-only."""
+    def full_params(self, names: Optional[Sequence[str]] = None) -> dict[str, torch.Tensor]:
+        """Full fp32 parameter values (all, or just ``names``), read-only. Collective at
+        ZeRO-3: every rank asks for the same names."""
 
     def editable_grads(self) -> AbstractContextManager[dict[str, torch.Tensor]]:
         """Full averaged gradients; edits made inside the block are written back."""
 
-    def gathered(self) -> AbstractContextManager[dict[str, torch.Tensor]]:
-        """Full parameters; edits made inside the block are written back on every rank."""
+    def gathered(self, names: Optional[Sequence[str]] = None) -> AbstractContextManager[dict[str, torch.Tensor]]:
+        """Full parameters (all, or just ``names``); edits made inside the block are written
+        back on every rank, so every rank must make the same edits (draw random values from
+        a generator seeded alike on every rank)."""
 
     def reset_optimizer_state(self, name: str, mask: Optional[torch.Tensor] = None) -> None:
         """Zero optimizer state (momentum, Adam moments) of ``name`` where ``mask`` is True."""
@@ -129,8 +133,10 @@ class Strategy:
         Returns scalars worth logging (may be empty)."""
         return {}
 
-    def after_step(self, batch: Batch) -> None:
-        """After the optimizer step; ``batch`` is the current task's rows only."""
+    def after_step(self, batch: Batch) -> dict[str, float]:
+        """After the optimizer step (parameter edits: unit resets, perturbations); ``batch``
+        is the current task's rows only. Returns scalars worth logging (may be empty)."""
+        return {}
 
     # -- task boundaries ---------------------------------------------------------------
     def on_task_start(self, task: TaskInfo) -> None:

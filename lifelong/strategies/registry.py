@@ -13,12 +13,17 @@ ENTRY_POINT_GROUP = "lifelong.strategies"
 
 
 def builtin_strategies() -> dict[str, type[Strategy]]:
+    from lifelong.strategies.cbp import ContinualBackprop
     from lifelong.strategies.ewc import EWC
     from lifelong.strategies.joint import Joint
+    from lifelong.strategies.l2 import L2
     from lifelong.strategies.naive import Naive
+    from lifelong.strategies.redo import ReDo
     from lifelong.strategies.replay import Replay
+    from lifelong.strategies.shrink_perturb import ShrinkPerturb
 
-    return {cls.name: cls for cls in (Naive, Joint, Replay, EWC)}
+    return {cls.name: cls for cls in (Naive, Joint, Replay, EWC, ContinualBackprop, ReDo, L2,
+                                      ShrinkPerturb)}
 
 
 def plugin_strategies() -> dict[str, type[Strategy]]:

@@ -61,7 +61,7 @@ class Replay(Strategy):
         replayed = Batch(self.buffer.x[idx], self.buffer.y[idx], self.buffer.task[idx])
         return Batch.cat([batch, replayed])
 
-    def after_step(self, batch: Batch) -> None:
+    def after_step(self, batch: Batch) -> dict[str, float]:
         if self.ctx.world_size > 1:
             batch = Batch(*(torch.cat(self.ctx.all_gather(getattr(batch, f)))
                             for f in ("x", "y", "task")))
@@ -81,6 +81,7 @@ class Replay(Strategy):
             self.buffer.x[slot] = batch.x[row]
             self.buffer.y[slot] = batch.y[row]
             self.buffer.task[slot] = batch.task[row]
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         buffer = None if self.buffer is None else (self.buffer.x, self.buffer.y, self.buffer.task)

@@ -17,7 +17,10 @@ from tests.conftest import make_config
 
 STRATEGIES = {"naive": {"name": "naive"}, "joint": {"name": "joint"},
               "replay": {"name": "replay", "buffer_size": 40},
-              "ewc": {"name": "ewc", "lam": 50.0, "fisher_samples": 64}}
+              "ewc": {"name": "ewc", "lam": 50.0, "fisher_samples": 64},
+              "cbp": {"name": "cbp", "replacement_rate": 0.02, "maturity_threshold": 4},
+              "redo": {"name": "redo", "every": 5, "tau": 0.5},
+              "shrink_perturb": {"name": "shrink_perturb", "shrink": 1e-3, "noise_std": 1e-3}}
 
 
 def config(strategy: dict, optim: str = "sgd") -> Any:
