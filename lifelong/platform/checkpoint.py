@@ -4,7 +4,8 @@ One file, ``state.pt``, written by rank 0 after a collective capture:
 - ``engine``: full fp32 parameters and optimizer state by parameter name
   (``engine_state.py``), so a run resumes at any ZeRO stage and on any number of workers;
 - ``strategy``: the strategy's ``state_dict()`` (the same on every rank; rank 0's is kept);
-- the stream position (``next_task``), the accuracy matrix so far, step counters, RNG;
+- the stream position (``next_task``), the accuracy matrix so far, online accuracies,
+  the plasticity probes so far (rank 0's, for the plot), step counters, RNG;
 - a fingerprint of the config groups that define the experiment, so a checkpoint is never
   loaded into a different one.
 
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from lifelong.platform.learner import Learner
 
 FILE = "state.pt"
-FORMAT = 1
+FORMAT = 2
 EXPERIMENT_GROUPS = ("stream", "model", "strategy", "optim", "train", "seed")  # not engine, tracking
 
 
@@ -51,6 +52,7 @@ def capture(learner: "Learner") -> dict[str, Any]:
     r = learner.result
     return {"format": FORMAT, "fingerprint": fingerprint(learner.cfg), "next_task": len(r.R),
             "R": [list(row) for row in r.R], "init": list(r.init), "steps": r.steps,
+            "online": list(r.online), "probes": list(r.probes), "task_starts": list(r.task_starts),
             "engine": capture_training_state(learner.engine),
             "strategy": learner.strategy.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}}
@@ -94,6 +96,8 @@ def restore(learner: "Learner", state: dict[str, Any]) -> None:
     learner.strategy.load_state_dict(state["strategy"])
     r = learner.result
     r.R, r.init, r.steps = [list(row) for row in state["R"]], list(state["init"]), state["steps"]
+    r.online, r.task_starts = list(state["online"]), list(state["task_starts"])
+    r.probes = [(int(step), dict(values)) for step, values in state["probes"]]
     assert len(r.R) == state["next_task"]
     torch.set_rng_state(state["rng"]["torch"])
     random.setstate(_as_tuple(state["rng"]["python"]))

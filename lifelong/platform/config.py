@@ -74,6 +74,17 @@ class EngineConfig:
 
 
 @dataclass
+class ProbeConfig:
+    """Plasticity probes (``lifelong/platform/probes.py``): per hidden layer, on a fixed
+    probe batch of the current task, every ``every`` steps and at each task end."""
+
+    enabled: bool = True
+    every: int = 250  # steps between probes; 0 = at task ends only
+    rows: int = 256  # probe batch size (training rows of the current task)
+    dormant_tau: float = 0.1  # Sokar's dormancy threshold
+
+
+@dataclass
 class TrackingConfig:
     uri: str = "sqlite:///mlruns.db"
     experiment: str = "lifelong"
@@ -89,6 +100,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    probes: ProbeConfig = field(default_factory=ProbeConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     seed: int = 0
 
@@ -225,6 +237,9 @@ def _check_values(cfg: RunConfig) -> None:
     require(cfg.engine.max_failures >= -1, "engine.max_failures",
             f"must be >= 0, or -1 for no limit, got {cfg.engine.max_failures}")
     require(cfg.optim.lr > 0, "optim.lr", f"must be > 0, got {cfg.optim.lr}")
+    require(cfg.probes.every >= 0, "probes.every", f"must be >= 0 (0 = task ends only), got {cfg.probes.every}")
+    require(cfg.probes.rows >= 1, "probes.rows", f"must be >= 1, got {cfg.probes.rows}")
+    require(cfg.probes.dormant_tau >= 0, "probes.dormant_tau", f"must be >= 0, got {cfg.probes.dormant_tau}")
     require(all(h >= 1 for h in cfg.model.hidden), "model.hidden",
             f"layer widths must be >= 1, got {list(cfg.model.hidden)}")
     require(all(c >= 1 for c in cfg.model.conv), "model.conv",

@@ -121,8 +121,14 @@ def _set_optimizer_step(inner: torch.optim.Optimizer, step: Optional[int]) -> No
 def _materialise_optimizer_state(engine: Any, sample_input: torch.Tensor) -> None:
     """torch and ZeRO allocate optimizer state in the first step; take one with a zero
     gradient (forward is collective at ZeRO-3, as restore is). The parameters and state
-    it touches are all overwritten next."""
-    out = engine(sample_input.to(engine.device))
+    it touches are all overwritten next. The forward runs in eval mode, so training-time
+    forward hooks (a strategy's activity statistics) never see this dummy batch."""
+    was_training = engine.module.training
+    engine.module.eval()
+    try:
+        out = engine(sample_input.to(engine.device))
+    finally:
+        engine.module.train(was_training)
     engine.backward(out.sum() * 0)
     engine.step()
 

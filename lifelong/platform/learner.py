@@ -22,10 +22,11 @@ from lifelong.platform.context import PlatformContext
 from lifelong.platform.engine import build_engine, optimizer_state_bytes
 from lifelong.platform.errors import TrainingError
 from lifelong.platform.model import build_model, mask_logits
+from lifelong.platform.probes import PlasticityProbe, probe_rows
 from lifelong.platform.tracking import Tracker
 from lifelong.strategies.base import Strategy
 from lifelong.strategies.registry import resolve_strategy
-from lifelong.streams.batches import Featurizer
+from lifelong.streams.batches import Batch, Featurizer
 from lifelong.streams.feed import Feed, LocalFeed, StreamServer, TaskEnd, TaskStart, TrainRows
 from lifelong.streams.registry import build_stream
 from lifelong.streams.scenarios import TaskStream
@@ -37,8 +38,12 @@ Progress = Callable[[dict], None]
 class LearnerResult:
     R: list[list[float]] = field(default_factory=list)  # accuracy matrix rows so far
     init: list[float] = field(default_factory=list)  # accuracy at initialisation, per task
+    online: list[float] = field(default_factory=list)  # per task: training-batch accuracy before each step
+    probes: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # (step, measures), rank 0
+    task_starts: list[int] = field(default_factory=list)  # global step at which each task began
     train_seconds: float = 0.0  # optimizer steps, including waiting on the stream
     boundary_seconds: float = 0.0  # strategy task hooks + evaluation
+    probe_seconds: float = 0.0  # plasticity probes (within train_seconds and boundary_seconds)
     stream_wait_seconds: float = 0.0  # of train_seconds, blocked waiting for the stream
     first_step_at: Optional[float] = None  # wall-clock time of the first optimizer step
     steps: int = 0
@@ -74,8 +79,12 @@ class Learner:
         if self.masks is not None:
             self.masks = self.ctx.masks = self.masks.to(self.device)
         self.ctx.attach(self.engine, skeleton)
+        self.probe = (PlasticityProbe(skeleton, self.masks, cfg.probes.dormant_tau)
+                      if cfg.probes.enabled else None)
+        self.probe_batch: Optional[Batch] = None
         self.result = LearnerResult()
         self.task_step = 0
+        self.online_counts = torch.zeros(2, dtype=torch.float64)  # correct, seen on this task
         self.at_boundary: Optional[Callable[["Learner"], None]] = None  # e.g. checkpoint
 
     # -- the stream --------------------------------------------------------------------------
@@ -99,10 +108,14 @@ class Learner:
         self.result.optimizer_state_bytes = optimizer_state_bytes(self.engine.optimizer)
         if self.tracker is not None:
             train = max(self.result.train_seconds, 1e-9)
+            unprobed = max(self.result.train_seconds + self.result.boundary_seconds
+                           - self.result.probe_seconds, 1e-9)
             self.tracker.metrics({"memory/optimizer_state_bytes_per_worker":
                                   self.result.optimizer_state_bytes,
                                   "time/train_seconds": self.result.train_seconds,
                                   "time/boundary_seconds": self.result.boundary_seconds,
+                                  "time/probe_seconds": self.result.probe_seconds,
+                                  "time/probe_overhead": self.result.probe_seconds / unprobed,
                                   "time/steps": self.result.steps,
                                   "stream/wait_seconds": self.result.stream_wait_seconds,
                                   "stream/wait_fraction": self.result.stream_wait_seconds / train},
@@ -115,6 +128,12 @@ class Learner:
         self.result.boundary_seconds += time.perf_counter() - started
         self._emit(kind="task", task=event.task.index, name=event.task.name, steps=event.steps)
         self.task_step = 0
+        self.online_counts.zero_()
+        self.result.task_starts = self.result.task_starts[:event.task.index] + [self.result.steps]
+        if self.probe is not None and self.rank == 0:
+            rows = probe_rows(self.feed.train_rows(event.task.index), self.cfg.probes.rows,
+                              self.cfg.seed, event.task.index)
+            self.probe_batch = self.featurize(rows).to(self.device)
         if self.result.first_step_at is None:
             self.result.first_step_at = time.time()
 
@@ -122,6 +141,9 @@ class Learner:
         terms = self.train_step(self.featurize(event.rows))
         self.result.steps += 1
         self.task_step += 1
+        every = self.cfg.probes.every
+        if self.probe is not None and every and self.result.steps % every == 0:
+            self.run_probe()
         if self.result.steps % self.cfg.train.log_every == 0:
             check_finite(terms["loss"], event.task, self.task_step)
             if self.tracker is not None:
@@ -132,10 +154,18 @@ class Learner:
     def task_end(self, event: TaskEnd) -> None:
         started = time.perf_counter()
         task = event.task
+        at_end = self.run_probe() if self.probe is not None else {}
         self.strategy.on_task_end(task, self.feed.train_rows(task.index))
         self.result.R.append(self.evaluate_all())
+        correct, seen = self.ctx.reduce(self.online_counts).tolist()
+        self.result.online.append(correct / max(seen, 1.0))
         if self.tracker is not None:
-            self.tracker.task_end(self.result.R, self.result.init, self.spec.name)
+            self.tracker.metrics({"acc/online": self.result.online[-1],
+                                  **{k.replace("plasticity/", "plasticity_at_task_end/", 1): v
+                                     for k, v in at_end.items()}}, step=task.index)
+            self.tracker.task_end(self.result.R, self.result.init, self.spec.name, self.result.online)
+            if self.probe is not None:
+                self.tracker.plasticity(self.result.probes, self.result.task_starts, self.spec.name)
         self._emit(kind="row", task=task.index, row=self.result.R[-1])
         if self.at_boundary is not None:
             self.at_boundary(self)
@@ -146,6 +176,9 @@ class Learner:
         batch = batch.to(self.device)
         seen = self.strategy.augment_batch(batch)
         logits = mask_logits(self.engine(seen.x), seen.task, self.masks)
+        with torch.no_grad():  # online accuracy: this task's rows, predicted before the update
+            own = logits[:len(batch)].argmax(1) == batch.y
+            self.online_counts += torch.tensor([float(own.sum()), float(len(batch))], dtype=torch.float64)
         task_loss = F.cross_entropy(logits, seen.y)
         extra = self.strategy.loss_terms(seen, logits)
         loss = task_loss + sum(extra.values()) if extra else task_loss
@@ -157,6 +190,21 @@ class Learner:
                  **{k: v.detach() for k, v in extra.items()}}
         terms.update({k: torch.tensor(v) for k, v in logged.items()})
         return terms
+
+    # -- plasticity probes -------------------------------------------------------------------------
+    def run_probe(self) -> dict[str, float]:
+        """Probe the current model (collective: every rank gathers the full parameters at
+        ZeRO-3; rank 0 measures and logs). Returns rank 0's measures ({} elsewhere)."""
+        started = time.perf_counter()
+        params = self.engine.full_params()
+        values: dict[str, float] = {}
+        if self.rank == 0 and self.probe is not None and self.probe_batch is not None:
+            values = self.probe.measure(params, self.probe_batch)
+            self.result.probes.append((self.result.steps, values))
+            if self.tracker is not None:
+                self.tracker.metrics(values, step=self.result.steps)
+        self.result.probe_seconds += time.perf_counter() - started
+        return values
 
     # -- evaluation ------------------------------------------------------------------------------
     @torch.no_grad()

@@ -13,23 +13,47 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from lifelong.metrics.plasticity import MEASURES  # noqa: E402
 
+ANNOTATE_UP_TO = 12  # tasks: above this, heatmaps lose their numbers and curves their legend
+
 
 def accuracy_heatmap(R: Sequence[Sequence[float]], title: str = "") -> Figure:
     """R[i][j] as a grid: rows = after training task i, columns = evaluated on task j."""
     R = np.asarray(R, dtype=float)
     rows, cols = R.shape
-    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * cols, 1.0 + 0.6 * rows), dpi=110)
+    scale = min(1.0, ANNOTATE_UP_TO / max(cols, 1))
+    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * cols * scale, 1.0 + 0.6 * rows * scale), dpi=110)
     image = ax.imshow(R, vmin=0.0, vmax=1.0, cmap="viridis")
-    for i in range(rows):
-        for j in range(cols):
-            ax.text(j, i, f"{R[i, j]:.2f}", ha="center", va="center", fontsize=8,
-                    color="white" if R[i, j] < 0.6 else "black")
-    ax.set_xticks(range(cols))
-    ax.set_yticks(range(rows))
+    if cols <= ANNOTATE_UP_TO:  # beyond that, numbers would be unreadable: colours only
+        for i in range(rows):
+            for j in range(cols):
+                ax.text(j, i, f"{R[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                        color="white" if R[i, j] < 0.6 else "black")
+        ax.set_xticks(range(cols))
+        ax.set_yticks(range(rows))
     ax.set_xlabel("evaluated on task j")
     ax.set_ylabel("after training task i")
     ax.set_title(title or "accuracy matrix R[i][j]")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    return fig
+
+
+def new_task_accuracy(R: Sequence[Sequence[float]], online: Sequence[float], title: str = "") -> Figure:
+    """The loss-of-plasticity curve: how well each new task is learned, over the task index.
+    Test accuracy R[i][i] right after training task i, and (if given) the online accuracy,
+    on task i's training batches before each update."""
+    R = np.asarray(R, dtype=float)
+    tasks = np.arange(len(R))
+    fig, ax = plt.subplots(figsize=(6.5, 3.8), dpi=110)
+    ax.plot(tasks, np.diag(R) if len(R) else [], marker="o", markersize=3, label="test, after training it")
+    if len(online):
+        ax.plot(tasks[:len(online)], online, marker=".", markersize=3, alpha=0.8,
+                label="online, while training it")
+    ax.set_xlabel("task index")
+    ax.set_ylabel("accuracy on the new task")
+    ax.set_title(title or "new-task accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -49,7 +73,8 @@ def accuracy_over_time(R: Sequence[Sequence[float]], init: Sequence[float], titl
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0.0, 1.02)
     ax.set_title(title or "accuracy on each task over the stream")
-    ax.legend(fontsize=7, ncol=2)
+    if cols <= ANNOTATE_UP_TO:
+        ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig

@@ -102,7 +102,8 @@ class Tracker:
             chunk, self._pending = self._pending[:1000], self._pending[1000:]
             self._send_batch(chunk)
 
-    def task_end(self, R: Sequence[Sequence[float]], init: Sequence[float], stream: str) -> None:
+    def task_end(self, R: Sequence[Sequence[float]], init: Sequence[float], stream: str,
+                 online: Sequence[float] = ()) -> None:
         """After training task i = len(R)-1: per-task accuracies, summaries, artifacts."""
         i = len(R) - 1
         values = {f"acc/task_{j}": acc for j, acc in enumerate(R[i])}
@@ -117,11 +118,23 @@ class Tracker:
                                           "definition": "R[i][j] = test accuracy on task j "
                                                         "after training task i"}, indent=2))
             self._send_artifact(matrix, None)
-            for name, fig in (("accuracy_heatmap.png", plots.accuracy_heatmap(R, stream)),
-                              ("accuracy_over_time.png", plots.accuracy_over_time(R, init, stream))):
-                fig.savefig(Path(tmp) / name)
-                plots.close(fig)
-                self._send_artifact(Path(tmp) / name, "plots")
+            figures = [("accuracy_heatmap.png", plots.accuracy_heatmap(R, stream)),
+                       ("accuracy_over_time.png", plots.accuracy_over_time(R, init, stream)),
+                       ("new_task_accuracy.png", plots.new_task_accuracy(R, online, stream))]
+            for name, fig in figures:
+                self._send_figure(fig, name, Path(tmp))
+
+    def plasticity(self, history: Sequence[tuple[int, dict[str, float]]], task_starts: Sequence[int],
+                   stream: str) -> None:
+        """The plasticity probes so far as one picture, ``plots/plasticity.png``."""
+        with tempfile.TemporaryDirectory() as tmp:
+            self._send_figure(plots.plasticity_curves(history, task_starts, stream), "plasticity.png",
+                              Path(tmp))
+
+    def _send_figure(self, fig: "plots.Figure", name: str, tmp: Path) -> None:
+        fig.savefig(tmp / name)
+        plots.close(fig)
+        self._send_artifact(tmp / name, "plots")
 
     def tags(self, values: dict[str, str]) -> None:
         if values:

@@ -18,11 +18,19 @@ STRATEGIES = {
     "joint": {"name": "joint"},
     "replay": {"name": "replay", "buffer_size": 200},
     "ewc": {"name": "ewc", "lam": 100.0, "fisher_samples": 300},
+    # Plasticity strategies, tuned to act often in ~270 steps (units replaced every step or two).
+    "cbp": {"name": "cbp", "replacement_rate": 0.01, "maturity_threshold": 20},
+    "cbp_conv": {"name": "cbp", "replacement_rate": 0.01, "maturity_threshold": 20},
+    "redo": {"name": "redo", "every": 25, "tau": 0.1},
+    "l2": {"name": "l2", "lam": 0.01},
+    "shrink_perturb": {"name": "shrink_perturb", "shrink": 1e-3, "noise_std": 1e-3},
 }
+MODELS = {"cbp_conv": {"hidden": [32], "conv": [8, 8]}}  # default: an MLP
 
 
-def config(strategy: dict, engine: dict) -> Any:
-    return make_config(stream=STREAM, model={"hidden": [64, 64]}, strategy=strategy,
+def config(name: str, engine: dict) -> Any:
+    return make_config(stream=STREAM, model=MODELS.get(name, {"hidden": [64, 64]}),
+                       strategy=STRATEGIES[name],
                        optim={"name": "sgd", "lr": 0.05, "momentum": 0.9},
                        train={"epochs": 2, "batch_size": 32, "eval_batch_size": 128},
                        engine=engine, seed=0)
@@ -34,11 +42,14 @@ def outcome(learner: Learner) -> dict:
     fisher = getattr(learner.strategy, "fisher_sum", None)
     if fisher:
         out["fisher"] = {k: v.detach().cpu() for k, v in fisher.items()}
+    for counter in ("replaced", "recycled"):  # unit-level strategies: how often they acted
+        if hasattr(learner.strategy, counter):
+            out[counter] = dict(getattr(learner.strategy, counter))
     return out
 
 
 def plain(name: str) -> dict:
-    return outcome(Learner(config(STRATEGIES[name], {"backend": "torch"})))
+    return outcome(Learner(config(name, {"backend": "torch"})))
 
 
 def sharded_loop(payload: dict) -> None:
@@ -51,7 +62,7 @@ def sharded_loop(payload: dict) -> None:
     results = {}
     for name in payload["strategies"]:
         engine = {"backend": "deepspeed", "workers": world, "zero_stage": payload["stage"]}
-        results[name] = outcome(Learner(config(STRATEGIES[name], engine), rank, world))
+        results[name] = outcome(Learner(config(name, engine), rank, world))
     if rank == 0:
         torch.save(results, payload["out"])
 
@@ -81,6 +92,9 @@ if __name__ == "__main__":  # quick look: python -m tests.e2e.sharding_harness S
         ref = plain(name)
         diff = max(abs(a - b) for ra, rb in zip(ref["R"], got[name]["R"]) for a, b in zip(ra, rb))
         line = f"stage {stage} {name:7s} max|dR|={diff:.4f} final={[round(a, 3) for a in got[name]['R'][-1]]}"
+        for counter in ("replaced", "recycled"):
+            if counter in ref:
+                line += f" {counter} {ref[counter]} vs {got[name][counter]}"
         if "fisher" in ref:
             rel = max(float((ref["fisher"][k] - got[name]["fisher"][k]).norm() / ref["fisher"][k].norm())
                       for k in ref["fisher"])

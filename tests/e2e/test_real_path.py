@@ -17,6 +17,7 @@ from tests.conftest import make_config
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
+PLOTS = ("accuracy_heatmap", "accuracy_over_time", "new_task_accuracy", "plasticity")
 
 SPLIT_DIGITS = dict(
     stream={"dataset": "digits", "scenario": "split", "n_tasks": 3, "classes_per_task": 2,
@@ -25,6 +26,7 @@ SPLIT_DIGITS = dict(
     strategy={"name": "ewc", "lam": 100.0},
     optim={"name": "sgd", "lr": 0.05, "momentum": 0.9},
     train={"epochs": 5, "batch_size": 32, "log_every": 5},
+    probes={"every": 20},
     tracking={"experiment": "e2e"},
 )
 
@@ -59,6 +61,13 @@ def test_ewc_on_split_digits_lands_in_mlflow(split_digits_run):
         assert [m.step for m in client.get_metric_history(outcome.run_id, key)] == [1, 2]
     assert len(client.get_metric_history(outcome.run_id, "train/loss")) >= 5
     assert r.data.metrics["time/startup_seconds"] > 0
+    # Plasticity: probe curves against the step, task-end probes and online accuracy per task.
+    probed = client.get_metric_history(outcome.run_id, "plasticity/hidden1/effective_rank")
+    assert len(probed) >= 8 and all(m.value > 1.0 for m in probed)
+    assert {m.step for m in probed} >= {20, 40, 60}
+    for key in ("plasticity_at_task_end/hidden0/dead", "acc/online"):
+        assert [m.step for m in client.get_metric_history(outcome.run_id, key)] == [0, 1, 2], key
+    assert 0.0 < r.data.metrics["time/probe_overhead"] < 1.0
 
     # The accuracy matrix artifact matches what the driver read back, and learning happened.
     matrix = json.loads(Path(client.download_artifacts(outcome.run_id, "accuracy_matrix.json"))
@@ -68,7 +77,7 @@ def test_ewc_on_split_digits_lands_in_mlflow(split_digits_run):
     assert r.data.metrics["cl/acc"] == pytest.approx(sum(matrix["R"][2]) / 3)
 
     plots = {a.path for a in client.list_artifacts(outcome.run_id, "plots")}
-    assert plots == {"plots/accuracy_heatmap.png", "plots/accuracy_over_time.png"}
+    assert plots == {f"plots/{name}.png" for name in PLOTS}
     for path in plots:
         assert Path(client.download_artifacts(outcome.run_id, path)).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     config_yaml = Path(client.download_artifacts(outcome.run_id, "config.yaml")).read_text()
@@ -134,5 +143,5 @@ def test_a_run_lands_in_an_mlflow_server(ray_cluster, mlflow_server, tmp_path, m
     assert outcome.tracking_uri == mlflow_server and r.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(outcome.run_id, "cl/acc")] == [0, 1, 2]
     assert {a.path for a in client.list_artifacts(outcome.run_id, "plots")} == {
-        "plots/accuracy_heatmap.png", "plots/accuracy_over_time.png"}
+        f"plots/{name}.png" for name in PLOTS}
     assert not (tmp_path / "mlruns.db").exists()  # nothing went to a local store instead

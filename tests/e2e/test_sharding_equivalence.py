@@ -8,7 +8,9 @@ equal halves reproduce the full-batch mean up to fp32 rounding (on this machine 
 matrices agree exactly); the slack covers reduction-order rounding on other
 backends (NCCL) growing over a few hundred steps into a flipped prediction or two. EWC's
 Fisher, a mean over rows computed on shards and all-reduced, must agree to 1e-4
-relative. And ZeRO must really shard: from stage 1 on, each worker holds half the
+relative. Continual backprop and ReDo replace units from all-reduced activity statistics;
+they must replace as many units on the sharded run as on the plain one (and some at all),
+on an MLP and, for continual backprop, on a conv stack. And ZeRO must really shard: from stage 1 on, each worker holds half the
 optimizer state of stage 0.
 """
 
@@ -33,6 +35,9 @@ def test_two_sharded_workers_match_one_plain_worker(stage, references, ray_clust
     for name, ref in references.items():
         diff = max(abs(a - b) for ra, rb in zip(ref["R"], got[name]["R"]) for a, b in zip(ra, rb))
         assert diff <= TOLERANCE, (name, stage, ref["R"], got[name]["R"])
+        for counter in ("replaced", "recycled"):  # unit strategies acted, on the same units
+            if counter in ref:
+                assert got[name][counter] == ref[counter] and sum(ref[counter].values()) > 0, name
     for key, value in references["ewc"]["fisher"].items():
         rel = float((value - got["ewc"]["fisher"][key]).norm() / value.norm())
         assert rel < 1e-4, (key, rel)

@@ -68,6 +68,7 @@ def test_resumed_run_ends_with_the_uninterrupted_matrix(name, optim, stream, tmp
     result = resumed.run()
     assert result.R == uninterrupted.R  # exactly: same steps on the same rows from the same state
     assert result.init == uninterrupted.init and result.steps == uninterrupted.steps
+    assert result.online == uninterrupted.online and result.probes == uninterrupted.probes
 
 
 def test_checkpoint_is_written_atomically_and_loads_weights_only(stream, tmp_path):

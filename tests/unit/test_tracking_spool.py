@@ -39,7 +39,7 @@ def assert_all_there(url: str, run_id: str, steps: range) -> dict[str, list]:
         assert [(m.step, m.value) for m in client.get_metric_history(run_id, f"acc/task_{j}")][-1] == (1, acc)
     assert read_matrix(url, run_id)["R"] == R
     assert {a.path for a in client.list_artifacts(run_id, "plots")} == {
-        "plots/accuracy_heatmap.png", "plots/accuracy_over_time.png"}
+        "plots/accuracy_heatmap.png", "plots/accuracy_over_time.png", "plots/new_task_accuracy.png"}
     assert client.get_run(run_id).data.tags["phase"] == "down"
     return history
 
@@ -100,15 +100,15 @@ def test_the_spool_survives_close_with_the_server_down_and_is_delivered_later(re
     # the format: one JSON record per line, in logging order, artifacts as files beside it
     records = [json.loads(line) for line in (tracker.spool.path).read_text().splitlines()]
     kinds = ["artifact" if "artifact" in r else "tags" if "tags" in r else "metrics" for r in records]
-    assert kinds == ["metrics"] * 4 + ["artifact"] * 3 + ["metrics"] * 4 + ["artifact"] * 3 + ["tags"]
+    assert kinds == ["metrics"] * 4 + ["artifact"] * 4 + ["metrics"] * 4 + ["artifact"] * 4 + ["tags"]
     first = records[0]["metrics"]
     assert [(k, v, s) for k, v, _, s in first] == [(k, v, 0) for k, v in values(0).items()]
     steps = [m[3] for r in records for m in r.get("metrics", []) if m[0] == "train/loss"]
     assert steps == list(range(6))
     assert [r["artifact"].rsplit("/", 1)[1] for r in records if "artifact" in r] == \
-        [MATRIX_ARTIFACT, "accuracy_heatmap.png", "accuracy_over_time.png"] * 2
+        [MATRIX_ARTIFACT, "accuracy_heatmap.png", "accuracy_over_time.png", "new_task_accuracy.png"] * 2
     assert all((tracker.spool.dir / r["artifact"]).is_file() for r in records if "artifact" in r)
-    assert json.loads((tracker.spool.dir / records[-4]["artifact"]).read_text())["R"] == R
+    assert json.loads((tracker.spool.dir / records[-5]["artifact"]).read_text())["R"] == R
 
     # a crash mid-append leaves a torn last line: it alone is lost, the rest is delivered
     with open(tracker.spool.path, "ab") as f:

@@ -1,0 +1,71 @@
+"""Plasticity probes: how able the network still is to learn, measured while it trains.
+
+Every ``probes.every`` steps and at each task end, the learner runs the current model on
+a fixed probe batch of the current task (``probes.rows`` training rows, a seeded choice
+made when the task starts) and records, per hidden layer, the measures of
+``lifelong.metrics.plasticity``: dead, dormant and rarely active units, effective and
+stable rank of the activations, mean |weight| and the norm of the loss gradient of the
+layer's incoming weights and bias.
+
+The probe is a functional forward (and backward) of the model's meta-device skeleton
+with the full parameters passed in explicitly, so it never touches the engine: no
+DeepSpeed hook, gradient buffer or optimizer state sees it, at any ZeRO stage.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from lifelong.metrics.plasticity import layer_measures
+from lifelong.platform.errors import ConfigError
+from lifelong.platform.model import mask_logits
+from lifelong.streams.batches import Batch, Rows, Samples
+from lifelong.strategies.units import HiddenLayer, hidden_layers
+
+
+def probe_rows(rows: Rows, count: int, seed: int, task: int) -> Samples:
+    """The task's fixed probe rows: a seeded subset, in row order."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + task)
+    chosen = torch.randperm(len(rows), generator=g)[:count].sort().values
+    return rows[chosen]
+
+
+class PlasticityProbe:
+    def __init__(self, skeleton: nn.Module, masks: Optional[torch.Tensor], tau: float) -> None:
+        try:
+            self.layers: list[HiddenLayer] = hidden_layers(skeleton, "the plasticity probes")
+        except ConfigError as err:
+            raise ConfigError(f"{err}; or turn them off with probes.enabled=false") from None
+        self.skeleton, self.masks, self.tau = skeleton, masks, tau
+        self.modules = dict(skeleton.named_children())
+
+    def measure(self, params: dict[str, torch.Tensor], batch: Batch) -> dict[str, float]:
+        """``{"plasticity/<layer>/<measure>": value}`` for the model ``params`` on ``batch``."""
+        acts: dict[str, torch.Tensor] = {}
+        hooks = [self.modules[layer.activation].register_forward_hook(self._keep(acts, layer.name))
+                 for layer in self.layers]
+        try:
+            live = {n: p.detach().clone().requires_grad_(True) for n, p in params.items()}
+            logits = mask_logits(functional_call(self.skeleton, live, (batch.x,)), batch.task, self.masks)
+            loss = F.cross_entropy(logits, batch.y)
+            grads = dict(zip(live, torch.autograd.grad(loss, list(live.values()))))
+        finally:
+            for hook in hooks:
+                hook.remove()
+        out: dict[str, float] = {}
+        for layer in self.layers:
+            grad = torch.cat([grads[layer.in_weight()].flatten(), grads[layer.in_bias()].flatten()])
+            values = layer_measures(acts[layer.name], params[layer.in_weight()], grad, self.tau)
+            out.update({f"plasticity/{layer.name}/{k}": float(v) for k, v in values.items()})
+        return out
+
+    @staticmethod
+    def _keep(acts: dict[str, torch.Tensor], name: str):  # type: ignore[no-untyped-def]
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            acts[name] = output.detach()
+        return hook
