@@ -32,6 +32,7 @@ from lifelong.streams.registry import build_stream
 from lifelong.streams.scenarios import TaskStream
 
 Progress = Callable[[dict], None]
+PLOT_RENDERS = 20  # at most about this many plot renders per run
 
 
 @dataclass
@@ -163,8 +164,10 @@ class Learner:
             self.tracker.metrics({"acc/online": self.result.online[-1],
                                   **{k.replace("plasticity/", "plasticity_at_task_end/", 1): v
                                      for k, v in at_end.items()}}, step=task.index)
-            self.tracker.task_end(self.result.R, self.result.init, self.spec.name, self.result.online)
-            if self.probe is not None:
+            render = plots_due(task.index, len(self.spec.tasks))
+            self.tracker.task_end(self.result.R, self.result.init, self.spec.name, self.result.online,
+                                  render)
+            if self.probe is not None and render:
                 self.tracker.plasticity(self.result.probes, self.result.task_starts, self.spec.name)
         self._emit(kind="row", task=task.index, row=self.result.R[-1])
         if self.at_boundary is not None:
@@ -225,6 +228,12 @@ class Learner:
     def _emit(self, **event) -> None:  # type: ignore[no-untyped-def]
         if self.progress is not None:
             self.progress(event)
+
+
+def plots_due(task: int, n_tasks: int, renders: int = PLOT_RENDERS) -> bool:
+    """Re-render the plots after this task? After every task on short streams; on long ones
+    (hundreds of short tasks) about ``renders`` times, always including the last task."""
+    return (task + 1) % max(1, n_tasks // renders) == 0 or task + 1 == n_tasks
 
 
 def architecture_of(model: torch.nn.Module) -> torch.nn.Module:

@@ -103,8 +103,9 @@ class Tracker:
             self._send_batch(chunk)
 
     def task_end(self, R: Sequence[Sequence[float]], init: Sequence[float], stream: str,
-                 online: Sequence[float] = ()) -> None:
-        """After training task i = len(R)-1: per-task accuracies, summaries, artifacts."""
+                 online: Sequence[float] = (), render: bool = True) -> None:
+        """After training task i = len(R)-1: per-task accuracies, summaries, the matrix, and
+        (if ``render``) the pictures."""
         i = len(R) - 1
         values = {f"acc/task_{j}": acc for j, acc in enumerate(R[i])}
         values.update({f"cl/{k}": v for k, v in summarize(R, init).items()})
@@ -118,6 +119,8 @@ class Tracker:
                                           "definition": "R[i][j] = test accuracy on task j "
                                                         "after training task i"}, indent=2))
             self._send_artifact(matrix, None)
+            if not render:
+                return
             figures = [("accuracy_heatmap.png", plots.accuracy_heatmap(R, stream)),
                        ("accuracy_over_time.png", plots.accuracy_over_time(R, init, stream)),
                        ("new_task_accuracy.png", plots.new_task_accuracy(R, online, stream))]

@@ -1,0 +1,82 @@
+"""Loss of plasticity, and what it costs to watch and to fix (docs/plasticity.md).
+
+Runs configs/online_permuted_mnist_cbp.yaml twice through the real path (stream actor,
+DeepSpeed worker, MLflow), with continual backprop and with plain backprop, and prints:
+- new-task accuracy (R[i][i], and online accuracy) over the first and last tasks, per method;
+- the probe overhead at the default probes.every: probe time / the rest of the run;
+- continual backprop's step time over backprop's: end to end (train seconds per step of
+  the two runs) and isolated (the plain torch engine, the same batches, interleaved rounds).
+
+    .venv/bin/python benchmarks/plasticity.py [key=value overrides, e.g. stream.n_tasks=20]
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+import torch
+from mlflow.tracking import MlflowClient
+
+from _runs import ROOT, measured_run, scratch_cwd
+
+from lifelong.platform.config import load_config  # noqa: E402
+from lifelong.platform.learner import Learner  # noqa: E402
+from lifelong.platform.tracking import read_matrix  # noqa: E402
+from lifelong.streams.batches import Samples  # noqa: E402
+
+CONFIG = "online_permuted_mnist_cbp.yaml"
+METHODS = {"backprop": ["strategy.name=naive"], "cbp": []}
+EDGE = 5  # tasks averaged at each end of the stream
+
+
+def new_task_curves(uri: str, run_id: str) -> tuple[list[float], list[float]]:
+    R = read_matrix(uri, run_id)["R"]
+    online = sorted(MlflowClient(uri).get_metric_history(run_id, "acc/online"), key=lambda m: m.step)
+    return [R[i][i] for i in range(len(R))], [m.value for m in online]
+
+
+def isolated_step_ratio(overrides: list[str], steps: int = 200, rounds: int = 5) -> float:
+    """CBP / backprop seconds per step on the plain engine: same batches, alternating rounds."""
+    plain = ["engine.backend=torch", "probes.enabled=false", "stream.n_tasks=1"]
+    learners = {name: Learner(load_config(ROOT / "configs" / CONFIG, overrides + extra + plain))
+                for name, extra in METHODS.items()}
+    first = next(iter(learners.values()))
+    samples = Samples.of(first.feed.server.stream.tasks[0])
+    size = first.cfg.train.batch_size
+    batches = [first.featurize(samples[torch.arange(i * size, (i + 1) * size)]) for i in range(steps)]
+    times: dict[str, list[float]] = {name: [] for name in learners}
+    for _ in range(rounds):
+        for name, learner in learners.items():
+            started = time.perf_counter()
+            for batch in batches:
+                learner.train_step(batch)
+            times[name].append(time.perf_counter() - started)
+    return statistics.median(times["cbp"]) / statistics.median(times["backprop"])
+
+
+def main() -> None:
+    overrides = sys.argv[1:]
+    got = {}
+    with scratch_cwd():
+        for name, extra in METHODS.items():
+            cfg, outcome, metrics = measured_run(CONFIG, overrides + extra)
+            got[name] = (metrics, *new_task_curves(outcome.tracking_uri, outcome.run_id))
+    print(f"\n{'':10s}{'tasks':>6s}{'new-task acc first':>20s}{'last':>8s}{'online first':>14s}"
+          f"{'last':>8s}{'ms/step':>9s}{'probes':>8s}")
+    for name, (m, test, online) in got.items():
+        ms = 1000 * m["time/train_seconds"] / m["time/steps"]
+        print(f"{name:10s}{len(test):6d}{100 * statistics.mean(test[:EDGE]):19.1f}%"
+              f"{100 * statistics.mean(test[-EDGE:]):7.1f}%{100 * statistics.mean(online[:EDGE]):13.1f}%"
+              f"{100 * statistics.mean(online[-EDGE:]):7.1f}%{ms:9.2f}{100 * m['time/probe_overhead']:7.1f}%")
+    print(f"(first/last = mean over the first/last {EDGE} tasks; probes = probe time / the rest, "
+          f"at probes.every={cfg.probes.every})")
+    (bp, *_), (cbp, *_) = got["backprop"], got["cbp"]
+    end_to_end = (cbp["time/train_seconds"] / cbp["time/steps"]) / (bp["time/train_seconds"] / bp["time/steps"])
+    print(f"cbp step time / backprop step time: {end_to_end:.2f} end to end, "
+          f"{isolated_step_ratio(overrides):.2f} isolated (plain engine, same batches)")
+
+
+if __name__ == "__main__":
+    main()
