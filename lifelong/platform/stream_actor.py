@@ -60,6 +60,9 @@ class StreamActor:
         return self.fatal
 
 
+TEST_CACHE_BYTES = 512 * 2**20  # test-set shards a worker keeps instead of fetching again
+
+
 class RemoteFeed:
     """One worker's view of the stream actor, with bounded prefetch (see ``Feed``)."""
 
@@ -70,6 +73,8 @@ class RemoteFeed:
         self.chunk_batches, self.prefetch = chunk_batches, prefetch
         self.spec, self.task_starts, self.length = ray.get(actor.describe.remote())
         self.wait_seconds = 0.0
+        self._tests: dict[int, list[Samples]] = {}
+        self._test_bytes = 0
 
     def events(self, start_task: int = 0) -> Iterator[Event]:
         start = self.task_starts[start_task] if start_task < len(self.task_starts) else self.length
@@ -92,8 +97,16 @@ class RemoteFeed:
             yield from events
 
     def test_slices(self, task: int) -> Iterator[Samples]:
-        return iter(ray.get(self.actor.test_slices.remote(task, self.eval_batch_size, self.rank,
-                                                          self.world_size)))
+        """This worker's shard of a test set; kept after the first fetch (every boundary
+        evaluates every task) while the kept shards stay under ``TEST_CACHE_BYTES``."""
+        if task in self._tests:
+            return iter(self._tests[task])
+        slices = ray.get(self.actor.test_slices.remote(task, self.eval_batch_size, self.rank,
+                                                       self.world_size))
+        size = sum(s.x.numel() * s.x.element_size() for s in slices)
+        if self._test_bytes + size <= TEST_CACHE_BYTES:
+            self._tests[task], self._test_bytes = slices, self._test_bytes + size
+        return iter(slices)
 
     def train_rows(self, task: int) -> "RemoteRows":
         return RemoteRows(self.actor, task, self.spec.tasks[task].n_train)

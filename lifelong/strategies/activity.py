@@ -22,8 +22,8 @@ Centre = Callable[[str], Optional[torch.Tensor]]  # layer name -> per-unit centr
 
 @dataclass
 class LayerActivity:
-    """Per unit, over the global batch: mean |h|, mean h, mean |h - centre| (conv: per
-    channel, averaged over positions first)."""
+    """Per unit, over the global batch: mean |h|, mean h, mean |h - centre| (0 without a
+    centre; conv: per channel, averaged over positions first)."""
 
     mean_abs: torch.Tensor
     mean: torch.Tensor
@@ -50,8 +50,8 @@ class ActivityMonitor:
             sums = self._sums[name]
             sums[0] += h.abs().sum(0).cpu()
             sums[1] += h.sum(0).cpu()
-            c = centre(name) if centre is not None else None
-            sums[2] += (h if c is None else h - c.to(h)).abs().sum(0).cpu()
+            if centre is not None:  # only the adaptable utility needs it
+                sums[2] += (h - centre(name).to(h)).abs().sum(0).cpu()
             if name == self.layers[0].name:
                 self._rows += h.shape[0]
 

@@ -187,7 +187,9 @@ def test_plasticity_curves_renders_png(tmp_path):
     fig = plots.plasticity_curves(_history(), task_starts=[0, 100], title="toy")
     ax = fig.axes[MEASURES.index("grad_norm")]
     assert ax.get_yscale() == "log"
-    assert len(fig.axes[0].get_lines()) == 2 + 2  # two layers, two task-start lines
+    assert len(fig.axes[0].get_lines()) == 2  # two layers
+    (starts,) = fig.axes[0].collections  # task starts: one collection of vertical lines
+    assert [segment[0][0] for segment in starts.get_segments()] == [0, 100]
     fig.savefig(tmp_path / "plasticity.png")
     plots.close(fig)
     _assert_png(tmp_path / "plasticity.png")
