@@ -117,10 +117,10 @@ def test_diverged_worker_fails_with_one_line_and_keeps_the_run(ray_cluster, tmp_
 def test_cli_runs_a_user_strategy_by_dotted_path_and_says_where_to_look(tmp_path):
     """The user's command, as a user types it, in a fresh process, with the README's
     plugin example loaded by dotted path inside the Ray workers."""
-    plugin = "examples.decay_strategy:Decay"
+    plugin = "examples.clip_strategy:ClipGrads"
     out = subprocess.run(
         [sys.executable, "-m", "lifelong", "run", str(ROOT / "configs/split_digits_ewc.yaml"),
-         "train.epochs=1", f"strategy.name={plugin}", "strategy.strength=0.001", "--no-progress"],
+         "train.epochs=1", f"strategy.name={plugin}", "strategy.max_norm=0.5", "--no-progress"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
         env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0, out.stderr[-2000:]
@@ -129,7 +129,7 @@ def test_cli_runs_a_user_strategy_by_dotted_path_and_says_where_to_look(tmp_path
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
     (run_,) = client.search_runs([client.get_experiment_by_name("split-digits").experiment_id])
     assert run_.info.status == "FINISHED"
-    assert run_.data.tags["strategy"] == plugin and run_.data.params["strategy.strength"] == "0.001"
+    assert run_.data.tags["strategy"] == plugin and run_.data.params["strategy.max_norm"] == "0.5"
     assert "strategy.lam" not in run_.data.params
 
 

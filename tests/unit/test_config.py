@@ -346,3 +346,9 @@ def test_choosing_another_strategy_by_override_starts_its_group_afresh():
     assert replay.name == "replay" and replay.buffer_size == 10
     ewc = load_config(path, ["strategy.lam=5"]).strategy
     assert ewc.name == "ewc" and ewc.lam == 5.0 and ewc.mode == "separate"  # same strategy: merged
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).resolve().parents[2] / "configs").glob("*.yaml")))
+def test_every_shipped_config_is_valid(name):
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / name)
+    assert cfg.stream.n_tasks >= 2

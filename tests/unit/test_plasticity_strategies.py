@@ -158,3 +158,20 @@ def test_bad_options_are_one_line_naming_the_key(strategy, key):
     with pytest.raises(ConfigError) as info:
         config(strategy)
     assert str(info.value).startswith(key) and "\n" not in str(info.value)
+
+
+def test_the_loss_of_plasticity_experiment_at_small_scale():
+    """configs/online_permuted_mnist_cbp.yaml, cut to 3 short tasks on the plain engine: real
+    MNIST, fresh permutations, continual backprop replacing units in every layer."""
+    from pathlib import Path
+
+    from lifelong.platform.config import load_config
+
+    path = Path(__file__).resolve().parents[2] / "configs" / "online_permuted_mnist_cbp.yaml"
+    cfg = load_config(path, ["stream.n_tasks=3", "stream.train_samples_per_task=1600",
+                             "stream.test_samples_per_task=200", "engine.backend=torch",
+                             "strategy.replacement_rate=0.01", "strategy.maturity_threshold=20"])
+    learner = Learner(cfg)
+    result = learner.run()
+    assert min(learner.strategy.replaced.values()) >= 1
+    assert all(result.R[i][i] > 0.6 for i in range(3)) and len(result.online) == 3
