@@ -65,7 +65,9 @@ def isolated_step_ratio(overrides: list[str], steps: int = 200, rounds: int = 5)
     first = next(iter(learners.values()))
     samples = Samples.of(first.feed.server.stream.tasks[0])
     size = first.cfg.train.batch_size
-    batches = [first.featurize(samples[torch.arange(i * size, (i + 1) * size)]) for i in range(steps)]
+    fits = len(samples) // size
+    batches = [first.featurize(samples[torch.arange((i % fits) * size, (i % fits + 1) * size)])
+               for i in range(steps)]
     times: dict[str, list[float]] = {name: [] for name in learners}
     for _ in range(rounds):
         for name, learner in learners.items():
@@ -76,26 +78,33 @@ def isolated_step_ratio(overrides: list[str], steps: int = 200, rounds: int = 5)
     return statistics.median(times["cbp"]) / statistics.median(times["backprop"])
 
 
-def save_pictures(got: dict, runs: dict[str, RunOutcome]) -> None:
-    """The comparison figure, each run's plasticity plot, and the curves as JSON."""
-    IMAGES.mkdir(parents=True, exist_ok=True)
+def comparison_figure(curves: dict[str, dict[str, list[float]]]) -> "plt.Figure":
+    """Both runs' new-task curves: online (bold) and test after the task (faint)."""
     fig, ax = plt.subplots(figsize=(7.0, 4.0), dpi=110)
-    for name, (_, test, online) in got.items():
-        line, = ax.plot(online, label=f"{name}: online")
-        ax.plot(test, color=line.get_color(), alpha=0.35, linewidth=0.8, label=f"{name}: test, after the task")
+    for name, curve in curves.items():
+        line, = ax.plot(curve["online"], label=f"{name}: online")
+        ax.plot(curve["test"], color=line.get_color(), alpha=0.35, linewidth=0.8,
+                label=f"{name}: test, after the task")
     ax.set_xlabel("task index")
     ax.set_ylabel("accuracy on the new task")
-    ax.set_title("Online Permuted MNIST: backprop loses plasticity, continual backprop keeps it")
+    ax.set_title(f"Online Permuted MNIST: new-task accuracy over {len(curve['test'])} tasks")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def save_pictures(got: dict, runs: dict[str, RunOutcome]) -> None:
+    """The comparison figure, each run's plasticity plot, and the curves as JSON."""
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    curves = {name: {"test": test, "online": online} for name, (_, test, online) in got.items()}
+    (IMAGES / "loss_of_plasticity.json").write_text(json.dumps(curves))
+    fig = comparison_figure(curves)
     fig.savefig(IMAGES / "loss_of_plasticity.png")
     plt.close(fig)
     for name, outcome in runs.items():
         local = MlflowClient(outcome.tracking_uri).download_artifacts(outcome.run_id, "plots/plasticity.png")
         shutil.copy(local, IMAGES / f"plasticity_{name}.png")
-    curves = {name: {"test": test, "online": online} for name, (_, test, online) in got.items()}
-    (IMAGES / "loss_of_plasticity.json").write_text(json.dumps(curves))
 
 
 def main() -> None:

@@ -239,6 +239,9 @@ def _check_values(cfg: RunConfig) -> None:
     require(cfg.optim.lr > 0, "optim.lr", f"must be > 0, got {cfg.optim.lr}")
     require(cfg.probes.every >= 0, "probes.every", f"must be >= 0 (0 = task ends only), got {cfg.probes.every}")
     require(cfg.probes.rows >= 1, "probes.rows", f"must be >= 1, got {cfg.probes.rows}")
+    require(not cfg.probes.enabled or bool(cfg.model.hidden or cfg.model.conv), "probes.enabled",
+            "the plasticity probes need a hidden layer (model.hidden or model.conv); "
+            "or set probes.enabled=false")
     require(cfg.probes.dormant_tau >= 0, "probes.dormant_tau", f"must be >= 0, got {cfg.probes.dormant_tau}")
     require(all(h >= 1 for h in cfg.model.hidden), "model.hidden",
             f"layer widths must be >= 1, got {list(cfg.model.hidden)}")

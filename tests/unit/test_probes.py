@@ -70,3 +70,9 @@ def test_probe_measures_the_current_model_on_the_probe_batch(stream):
 def test_bad_probe_options_are_refused(key, value):
     with pytest.raises(ConfigError, match=f"probes.{key}"):
         config(**{key: value})
+
+
+def test_probes_on_a_model_without_hidden_units_are_refused_before_compute():
+    with pytest.raises(ConfigError, match="probes.enabled: the plasticity probes need a hidden layer"):
+        make_config(model={"hidden": []})
+    assert make_config(model={"hidden": []}, probes={"enabled": False}).model.hidden == []
