@@ -117,14 +117,17 @@ def main() -> None:
             runs[name] = outcome
         save_pictures(got, runs)
     print(f"\n{'':10s}{'tasks':>6s}{'new-task acc first':>20s}{'last':>8s}{'online first':>14s}"
-          f"{'last':>8s}{'ms/step':>9s}{'probes':>8s}")
+          f"{'last':>8s}{'ms/step':>9s}{'probes/train':>14s}{'probes/run':>12s}")
     for name, (m, test, online) in got.items():
         ms = 1000 * step_seconds(m)
         print(f"{name:10s}{len(test):6d}{100 * statistics.mean(test[:EDGE]):19.1f}%"
               f"{100 * statistics.mean(test[-EDGE:]):7.1f}%{100 * statistics.mean(online[:EDGE]):13.1f}%"
-              f"{100 * statistics.mean(online[-EDGE:]):7.1f}%{ms:9.2f}{100 * m['time/probe_overhead']:7.1f}%")
+              f"{100 * statistics.mean(online[-EDGE:]):7.1f}%{ms:9.2f}"
+              f"{100 * m['time/probe_seconds'] / m['time/train_seconds']:13.1f}%"
+              f"{100 * m['time/probe_overhead']:11.1f}%")
     print(f"(first/last = mean over the first/last {EDGE} tasks; ms/step = training time without "
-          f"stream waits; probes = probe time / the rest, at probes.every={cfg.probes.every})")
+          f"stream waits; probes/train = all probe time (steps and task ends) / optimizer-step "
+          f"time, probes/run = probe time / the rest of the run, at probes.every={cfg.probes.every})")
     (bp, *_), (cbp, *_) = got["backprop"], got["cbp"]
     end_to_end = step_seconds(cbp) / step_seconds(bp)
     print(f"cbp step time / backprop step time: {end_to_end:.2f} end to end, "
