@@ -85,7 +85,7 @@ class Learner:
         self.probe_batch: Optional[Batch] = None
         self.result = LearnerResult()
         self.task_step = 0
-        self.online_counts = torch.zeros(2, dtype=torch.float64)  # correct, seen on this task
+        self.online_counts = torch.zeros(2, dtype=torch.float64, device=self.device)  # correct, seen
         self.at_boundary: Optional[Callable[["Learner"], None]] = None  # e.g. checkpoint
 
     # -- the stream --------------------------------------------------------------------------
@@ -158,7 +158,7 @@ class Learner:
         at_end = self.run_probe() if self.probe is not None else {}
         self.strategy.on_task_end(task, self.feed.train_rows(task.index))
         self.result.R.append(self.evaluate_all())
-        correct, seen = self.ctx.reduce(self.online_counts).tolist()
+        correct, seen = self.ctx.reduce(self.online_counts).cpu().tolist()
         self.result.online.append(correct / max(seen, 1.0))
         if self.tracker is not None:
             self.tracker.metrics({"acc/online": self.result.online[-1],
@@ -180,8 +180,8 @@ class Learner:
         seen = self.strategy.augment_batch(batch)
         logits = mask_logits(self.engine(seen.x), seen.task, self.masks)
         with torch.no_grad():  # online accuracy: this task's rows, predicted before the update
-            own = logits[:len(batch)].argmax(1) == batch.y
-            self.online_counts += torch.tensor([float(own.sum()), float(len(batch))], dtype=torch.float64)
+            self.online_counts[0] += (logits[:len(batch)].argmax(1) == batch.y).sum()  # no sync
+            self.online_counts[1] += len(batch)
         task_loss = F.cross_entropy(logits, seen.y)
         extra = self.strategy.loss_terms(seen, logits)
         loss = task_loss + sum(extra.values()) if extra else task_loss

@@ -34,7 +34,8 @@ class LayerActivity:
 class ActivityMonitor:
     def __init__(self, model: nn.Module, layers: list[HiddenLayer], centre: Optional[Centre] = None) -> None:
         self.layers = layers
-        self._sums = {layer.name: torch.zeros(3, layer.n_units, dtype=torch.float64) for layer in layers}
+        # On the activations' device (created by the first forward), so a GPU step never waits.
+        self._sums: dict[str, Optional[torch.Tensor]] = {layer.name: None for layer in layers}
         self._rows = 0
         modules = dict(model.named_children())
         for layer in layers:
@@ -48,10 +49,12 @@ class ActivityMonitor:
                 return
             h = per_input_activity(output.detach()).double()
             sums = self._sums[name]
-            sums[0] += h.abs().sum(0).cpu()
-            sums[1] += h.sum(0).cpu()
+            if sums is None:
+                sums = self._sums[name] = h.new_zeros(3, h.shape[1])
+            sums[0] += h.abs().sum(0)
+            sums[1] += h.sum(0)
             if centre is not None:  # only the adaptable utility needs it
-                sums[2] += (h - centre(name).to(h)).abs().sum(0).cpu()
+                sums[2] += (h - centre(name).to(h)).abs().sum(0)
             if name == self.layers[0].name:
                 self._rows += h.shape[0]
 
@@ -59,9 +62,12 @@ class ActivityMonitor:
 
     def collect(self, reduce: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, LayerActivity]:
         """Sums since the last call, over every worker (``reduce`` is ``ctx.reduce``), as means."""
-        flat = torch.cat([self._sums[layer.name].flatten() for layer in self.layers]
-                         + [torch.tensor([float(self._rows)], dtype=torch.float64)])
-        flat = reduce(flat)
+        parts = [self._sums[layer.name] for layer in self.layers]
+        device = next((p.device for p in parts if p is not None), torch.device("cpu"))
+        flat = torch.cat([(torch.zeros(3, layer.n_units, dtype=torch.float64, device=device)
+                           if part is None else part).flatten() for layer, part in zip(self.layers, parts)]
+                         + [torch.tensor([float(self._rows)], dtype=torch.float64, device=device)])
+        flat = reduce(flat).cpu()  # the one host sync of a step
         rows = max(float(flat[-1]), 1.0)
         out, at = {}, 0
         for layer in self.layers:
@@ -73,5 +79,6 @@ class ActivityMonitor:
 
     def clear(self) -> None:
         for sums in self._sums.values():
-            sums.zero_()
+            if sums is not None:
+                sums.zero_()
         self._rows = 0

@@ -120,7 +120,8 @@ class Strategy:
         return [task_index]
 
     def augment_batch(self, batch: Batch) -> Batch:
-        """Add rows to a training batch (replay)."""
+        """Add rows to a training batch (replay), after the batch's own rows: the first
+        ``len(batch)`` rows are the current task's (its online accuracy is measured on them)."""
         return batch
 
     # -- per step --------------------------------------------------------------------
