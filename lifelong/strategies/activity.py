@@ -37,6 +37,7 @@ class ActivityMonitor:
         # On the activations' device (created by the first forward), so a GPU step never waits.
         self._sums: dict[str, Optional[torch.Tensor]] = {layer.name: None for layer in layers}
         self._rows = 0
+        self.active = True  # a strategy that decides only now and then switches it off between
         modules = dict(model.named_children())
         for layer in layers:
             modules[layer.activation].register_forward_hook(self._hook(layer.name, centre))
@@ -45,7 +46,7 @@ class ActivityMonitor:
         # A closure rather than a bound method: deep copies of the model (its meta skeleton)
         # then share the function instead of copying this monitor into themselves.
         def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            if not module.training:
+            if not module.training or not self.active:
                 return
             h = per_input_activity(output.detach()).double()
             sums = self._sums[name]

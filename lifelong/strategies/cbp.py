@@ -35,7 +35,7 @@ from lifelong.platform.errors import require
 from lifelong.strategies.activity import ActivityMonitor, LayerActivity
 from lifelong.strategies.base import Strategy, Support
 from lifelong.strategies.units import (HiddenLayer, hidden_layers, incoming_magnitude,
-                                       optimizer_masks, outgoing_magnitude, reinit_units)
+                                       outgoing_magnitude, replace_units)
 from lifelong.streams.batches import Batch
 
 
@@ -125,18 +125,11 @@ class ContinualBackprop(Strategy):
         return units
 
     def _replace(self, chosen: dict[str, torch.Tensor]) -> None:
-        layers = [layer for layer in self.layers if layer.name in chosen]
-        names = sorted({n for layer in layers for n in (layer.in_weight(), layer.in_bias(),
-                                                         layer.out_weight(), layer.out_bias())})
-        with self.ctx.gathered(names) as params:
-            shapes = {n: params[n].shape for n in names}
-            for layer in layers:  # in depth order, as in the reference implementation
-                units = chosen[layer.name]
-                reinit_units(params, layer, units, self.rng, self.mean_activation(layer.name))
+        layers = [layer for layer in self.layers if layer.name in chosen]  # in depth order
+        replace_units(self.ctx, [(layer, chosen[layer.name]) for layer in layers], self.rng,
+                      lambda layer: self.mean_activation(layer.name))
         for layer in layers:
             units = chosen[layer.name]
-            for param, mask in optimizer_masks(layer, units, shapes).items():
-                self.ctx.reset_optimizer_state(param, mask)
             for stat in (self.utility, self.mean, self.age):
                 stat[layer.name][units] = 0
             self.replaced[layer.name] += int(units.sum())

@@ -22,7 +22,7 @@ from lifelong.platform.config import StrategyConfig
 from lifelong.platform.errors import require
 from lifelong.strategies.activity import ActivityMonitor
 from lifelong.strategies.base import Strategy, Support
-from lifelong.strategies.units import HiddenLayer, hidden_layers, optimizer_masks, reinit_units
+from lifelong.strategies.units import HiddenLayer, hidden_layers, replace_units
 from lifelong.streams.batches import Batch
 
 
@@ -63,34 +63,32 @@ class ReDo(Strategy):
     def wrap_model(self, model: nn.Module) -> nn.Module:
         self.layers = hidden_layers(model, "strategy 'redo'")
         self.monitor = ActivityMonitor(model, self.layers)
+        self.monitor.active = self._due(self.steps + 1)
         self.recycled = {layer.name: 0 for layer in self.layers}
         return model
 
     def after_step(self, batch: Batch) -> dict[str, float]:
         self.steps += 1
-        if self.steps % self.config.every:
-            self.monitor.clear()
+        self.monitor.active = self._due(self.steps + 1)  # watch only the forward that decides
+        if not self._due(self.steps):
             return {}
         activity = self.monitor.collect(self.ctx.reduce)
-        chosen = {layer.name: dormant_units(activity[layer.name].mean_abs, self.config.tau)
-                  for layer in self.layers}
-        layers = [layer for layer in self.layers if bool(chosen[layer.name].any())]
-        if layers:
-            names = sorted({n for layer in layers for n in (layer.in_weight(), layer.in_bias(),
-                                                             layer.out_weight())})
-            with self.ctx.gathered(names) as params:
-                shapes = {n: params[n].shape for n in names}
-                for layer in layers:
-                    reinit_units(params, layer, chosen[layer.name], self.rng)
-            for layer in layers:
-                for param, mask in optimizer_masks(layer, chosen[layer.name], shapes).items():
-                    self.ctx.reset_optimizer_state(param, mask)
-                self.recycled[layer.name] += int(chosen[layer.name].sum())
+        chosen = [(layer, dormant_units(activity[layer.name].mean_abs, self.config.tau))
+                  for layer in self.layers]
+        chosen = [(layer, units) for layer, units in chosen if bool(units.any())]
+        if chosen:
+            replace_units(self.ctx, chosen, self.rng)
+            for layer, units in chosen:
+                self.recycled[layer.name] += int(units.sum())
         return {f"redo/recycled/{name}": float(n) for name, n in self.recycled.items()}
+
+    def _due(self, step: int) -> bool:
+        return step % self.config.every == 0
 
     def state_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "recycled": self.recycled, "rng": self.rng.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.steps, self.recycled = state["steps"], dict(state["recycled"])
+        self.monitor.active = self._due(self.steps + 1)
         self.rng.set_state(state["rng"])

@@ -8,20 +8,22 @@ row of the in layer's weight (and its bias); its *outgoing* weights are its colu
 out layer's weight (conv: a slice of in-channels; through a Flatten: the ``positions``
 columns its channel was flattened into, channel-major as ``nn.Flatten`` lays them out).
 
-Every function here is a pure edit of a name -> tensor mapping, so it runs unchanged on
-the parameters ``ctx.gathered()`` hands out at any ZeRO stage.
+The edits are pure functions of a name -> tensor mapping, so they run unchanged on the
+parameters ``ctx.gathered()`` hands out at any ZeRO stage; ``replace_units`` applies them,
+and the optimizer-state resets, through the strategy context.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
 
 from lifelong.platform.errors import ConfigError
+from lifelong.strategies.base import StrategyContext
 
 WEIGHTED = (nn.Linear, nn.Conv2d)
 ACTIVATIONS = (nn.ReLU, nn.Tanh, nn.LeakyReLU, nn.GELU, nn.ELU, nn.SiLU, nn.Sigmoid)
@@ -160,3 +162,21 @@ def optimizer_masks(layer: HiddenLayer, units: torch.Tensor,
     return {layer.in_weight(): rows.expand(shapes[layer.in_weight()]),
             layer.in_bias(): units.clone(),
             layer.out_weight(): columns.reshape(out_shape)}
+
+
+def replace_units(ctx: StrategyContext, chosen: list[tuple[HiddenLayer, torch.Tensor]],
+                  generator: torch.Generator,
+                  mean_activity: Optional[Callable[[HiddenLayer], torch.Tensor]] = None) -> None:
+    """Re-initialise ``chosen`` (layer, bool unit mask) pairs, in depth order, inside one
+    ``ctx.gathered`` of just the parameters they touch, then zero their optimizer state.
+    ``mean_activity`` (continual backprop) turns on the next layer's bias correction."""
+    names = sorted({n for layer, _ in chosen for n in (layer.in_weight(), layer.in_bias(),
+                                                        layer.out_weight(), layer.out_bias())})
+    with ctx.gathered(names) as params:
+        shapes = {n: params[n].shape for n in names}
+        for layer, units in chosen:
+            reinit_units(params, layer, units, generator,
+                         None if mean_activity is None else mean_activity(layer))
+    for layer, units in chosen:
+        for param, mask in optimizer_masks(layer, units, shapes).items():
+            ctx.reset_optimizer_state(param, mask)

@@ -112,21 +112,22 @@ def test_unstepped_state_into_a_stepped_engine_acts_as_never_stepped(optim):
     assert_same_params(a, b)
 
 
-def test_a_missing_parameter_is_named():
-    a = engine(OPTIMIZERS["adam"])
-    train(a, batches(1, seed=1))
-    state = capture_training_state(a)
+def _drop_a_parameter(state: dict) -> None:
     del state["params"]["2.bias"]
-    with pytest.raises(ValueError, match=r"missing parameter '2\.bias'"):
-        restore_training_state(engine(OPTIMIZERS["adam"]), state, batches(1, seed=1)[0][0])
 
 
-def test_an_unknown_parameter_is_named():
+def _add_an_unknown_parameter(state: dict) -> None:
+    state["optimizer"]["head.weight"] = state["optimizer"]["0.weight"]
+
+
+@pytest.mark.parametrize("spoil, message", [(_drop_a_parameter, r"missing parameter '2\.bias'"),
+                                            (_add_an_unknown_parameter, r"unknown parameter 'head\.weight'")])
+def test_a_missing_or_unknown_parameter_is_named(spoil, message):
     a = engine(OPTIMIZERS["adam"])
     train(a, batches(1, seed=1))
     state = capture_training_state(a)
-    state["optimizer"]["head.weight"] = state["optimizer"]["0.weight"]
-    with pytest.raises(ValueError, match=r"unknown parameter 'head\.weight'"):
+    spoil(state)
+    with pytest.raises(ValueError, match=message):
         restore_training_state(engine(OPTIMIZERS["adam"]), state, batches(1, seed=1)[0][0])
 
 
