@@ -11,8 +11,8 @@ One file, ``state.pt``, written by rank 0 after a collective capture:
 
 Written to a temporary name and renamed (a crash never leaves half a file under the real
 name); read with ``torch.load(weights_only=True)``, so loading never runs pickled code.
-The worker reports it to Ray Train, which persists it; restarts (``engine.max_failures``)
-and ``lifelong run --resume RUN_ID`` hand the latest one back.
+``checkpoint_store.py`` keeps them per run; restarts (``engine.max_failures``) and
+``lifelong run --resume RUN_ID`` start from the latest one.
 """
 
 from __future__ import annotations
@@ -54,8 +54,19 @@ def capture(learner: "Learner") -> dict[str, Any]:
             "R": [list(row) for row in r.R], "init": list(r.init), "steps": r.steps,
             "online": list(r.online), "probes": list(r.probes), "task_starts": list(r.task_starts),
             "engine": capture_training_state(learner.engine),
-            "strategy": learner.strategy.state_dict(),
+            "strategy": detached(learner.strategy.state_dict()),  # may be written in the background
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}}
+
+
+def detached(value: Any) -> Any:
+    """A copy of nested state whose tensors no later in-place edit can reach."""
+    if torch.is_tensor(value):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {k: detached(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(detached(v) for v in value)
+    return value
 
 
 def write(state: dict[str, Any], directory: Path) -> Path:

@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="RUN_ID", help="continue this run from its latest "
                      "task-boundary checkpoint, into the same MLflow run, with its own config")
     run.add_argument("--no-progress", action="store_true", help="no live progress bars")
+    run.add_argument("-v", "--verbose", action="store_true", help="show Ray's, DeepSpeed's and "
+                     "MLflow's own output live (always kept in .lifelong/logs/RUN_ID.log)")
     run.set_defaults(handler=_run)
 
     submit = sub.add_parser("submit", help="run an experiment as a Ray job on a cluster: "
@@ -73,12 +75,14 @@ def _run(args: argparse.Namespace) -> int:
     if args.resume:
         if args.args and "=" not in args.args[0]:
             raise ConfigError(f"--resume uses the run's own config; drop {args.args[0]!r}")
-        outcome = resume(args.resume, args.args, console=console, progress=not args.no_progress)
+        outcome = resume(args.resume, args.args, console=console, progress=not args.no_progress,
+                         verbose=args.verbose, redirect_fd=True)
     else:
         if not args.args or "=" in args.args[0]:
             raise ConfigError("lifelong run needs a config file first: lifelong run CONFIG.yaml [key=value ...]")
         cfg = load_config(args.args[0], args.args[1:])
-        outcome = run(cfg, console=console, progress=not args.no_progress)
+        outcome = run(cfg, console=console, progress=not args.no_progress, verbose=args.verbose,
+                      redirect_fd=True)
     console.print(_summary(outcome.R, outcome.init))
     from lifelong.metrics import summarize
 

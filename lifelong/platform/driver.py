@@ -1,30 +1,34 @@
-"""``lifelong run``: validate, start Ray and MLflow, train on Ray Train workers, summarise.
+"""``lifelong run``: validate, start Ray and MLflow, train on a learner group, summarise.
 
-Ray starts embedded on 127.0.0.1 unless ``RAY_ADDRESS`` names a cluster (as it does
-inside a submitted Ray job). The MLflow run is created here, before any worker
-starts, and ended here: FINISHED, or FAILED with everything logged so far kept.
+Ray starts locally on 127.0.0.1 unless ``RAY_ADDRESS`` names a cluster (as it does
+inside a submitted Ray job), see ``ray_session.py``. The MLflow run is created here, in a
+thread while Ray starts, before any worker starts, and ended here: FINISHED, or FAILED
+with everything logged so far kept.
 ``resume`` reopens a stopped run and goes on from its latest task-boundary checkpoint,
 logging into the same MLflow run.
 """
 
 from __future__ import annotations
 
-import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
-from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from rich.console import Console
 
+from lifelong.platform import ray_session
 from lifelong.platform.config import RunConfig, TrackingConfig, load_config, read_overrides
-from lifelong.platform.errors import ConfigError, TrackingError, first_line, unwrap_worker_error
+from lifelong.platform.checkpoint_store import run_directory
+from lifelong.platform.errors import ConfigError, TrackingError, first_line
 from lifelong.platform.preflight import check_data, check_supported
-from lifelong.platform.spool import http_limits
-from lifelong.platform.tracking import (default_artifact_location, end_run, read_matrix,
-                                        resolve_uri, start_run)
+from lifelong.platform.runlog import RunLog
+from lifelong.platform.tracking_uri import resolve_uri
+
+# MLflow (about 2 s to import) is imported where it is used: the run is opened in a thread
+# while Ray starts, so that import overlaps Ray's start-up instead of preceding it.
 
 
 @dataclass
@@ -40,7 +44,11 @@ CHECKPOINTS_TAG = "lifelong.checkpoints"  # where a run's Ray Train checkpoints 
 
 
 def run(cfg: RunConfig, console: Optional[Console] = None, progress: bool = True,
-        resume_id: Optional[str] = None) -> RunOutcome:
+        resume_id: Optional[str] = None, verbose: bool = False,
+        redirect_fd: bool = False) -> RunOutcome:
+    """Validate, join or start Ray (while MLflow creates the run), train, and end the run.
+    Third-party output goes to the run's log file (``runlog.py``) unless ``verbose``;
+    ``redirect_fd`` (the CLI) also captures what the process writes to descriptor 2."""
     console = console or Console()
     t0 = time.time()
     base = Path.cwd()
@@ -49,39 +57,80 @@ def run(cfg: RunConfig, console: Optional[Console] = None, progress: bool = True
     check_data(cfg)
     uri = resolve_uri(cfg.tracking.uri, base)
     storage = Path(cfg.engine.storage_path or ".lifelong/ray").resolve()
+    log = RunLog(verbose, redirect_fd, run_id=resume_id).start()
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="lifelong-mlflow") as pool:
+            opening = pool.submit(_open_run, cfg, uri, base, storage, resume_id)
+            ray_session.connect()  # Ray starts while MLflow opens its store
+            log.capture_ray()
+            run_id = opening.result()
+        log.name(run_id)
+        verb = "resumes" if resume_id else "run"
+        console.print(f"[bold]lifelong[/] {verb} [cyan]{run_id}[/] · strategy {cfg.strategy.name} · "
+                      f"{cfg.engine.workers} worker(s), {cfg.engine.backend} ZeRO-{cfg.engine.zero_stage}")
+        status = "FAILED"
+        try:
+            _fit(cfg, uri, run_id, t0, console, progress, storage)
+            status = "FINISHED"
+        finally:
+            _finish(uri, run_id, status, log, console)
+    finally:
+        log.stop()
+    from lifelong.platform.tracking import read_matrix
+
+    matrix = read_matrix(uri, run_id) or {"R": [], "init": []}
+    return RunOutcome(run_id, uri, matrix["R"], matrix["init"], time.time() - t0)
+
+
+def _open_run(cfg: RunConfig, uri: str, base: Path, storage: Path, resume_id: Optional[str]) -> str:
+    """Create the MLflow run (or reopen the resumed one); one line if the store is unusable."""
+    from mlflow.tracking import MlflowClient
+
+    from lifelong.platform.spool import http_limits
+    from lifelong.platform.tracking import default_artifact_location, start_run
+
     artifacts = cfg.tracking.artifact_location or default_artifact_location(uri, base)
     try:
         with http_limits(retries=1):
             if resume_id is None:
                 run_id = start_run(cfg, uri, artifacts)
-                MlflowClient(uri).set_tag(run_id, CHECKPOINTS_TAG, str(storage / f"lifelong-{run_id}"))
-            else:
-                run_id = resume_id
-                MlflowClient(uri).update_run(run_id, status="RUNNING")
+                MlflowClient(uri).set_tag(run_id, CHECKPOINTS_TAG, str(run_directory(storage, run_id)))
+                return run_id
+            MlflowClient(uri).update_run(resume_id, status="RUNNING")
+            return resume_id
     except Exception as err:  # unreachable server, bad store: stop before any compute
         raise TrackingError(f"tracking.uri={uri}: cannot {'reopen' if resume_id else 'create'} the "
                             f"MLflow run ({first_line(err)[:200]})") from None
-    verb = "resumes" if resume_id else "run"
-    console.print(f"[bold]lifelong[/] {verb} [cyan]{run_id}[/] · strategy {cfg.strategy.name} · "
-                  f"{cfg.engine.workers} worker(s), {cfg.engine.backend} ZeRO-{cfg.engine.zero_stage}")
-    status = "FAILED"
+
+
+def _finish(uri: str, run_id: str, status: str, log: RunLog, console: Console) -> None:
+    """The run's log as an artifact, then its status; a server that is down keeps neither
+    from being reported, and loses nothing logged before."""
+    from mlflow.tracking import MlflowClient
+
+    from lifelong.platform.spool import http_limits
+    from lifelong.platform.tracking import end_run
+
     try:
-        _fit(cfg, uri, run_id, t0, console, progress, storage)
-        status = "FINISHED"
-    finally:
-        try:
-            end_run(uri, run_id, status)
-        except Exception as err:  # server down: what was logged is kept, only the status is not
-            console.print(f"warning: could not mark MLflow run {run_id} {status}: "
-                          f"{' '.join(str(err).split())[:200]}", style="yellow", markup=False)
-    matrix = read_matrix(uri, run_id) or {"R": [], "init": []}
-    return RunOutcome(run_id, uri, matrix["R"], matrix["init"], time.time() - t0)
+        with http_limits(retries=1):
+            MlflowClient(uri).log_artifact(run_id, str(log.path), "logs")
+    except Exception:  # noqa: BLE001 - the file stays on disk, named in the summary
+        pass
+    try:
+        end_run(uri, run_id, status)
+    except Exception as err:  # server down: what was logged is kept, only the status is not
+        console.print(f"warning: could not mark MLflow run {run_id} {status}: "
+                      f"{' '.join(str(err).split())[:200]}", style="yellow", markup=False)
 
 
 def resume(run_id: str, overrides: list[str], console: Optional[Console] = None,
-           progress: bool = True) -> RunOutcome:
+           progress: bool = True, verbose: bool = False, redirect_fd: bool = False) -> RunOutcome:
     """Go on with a stopped run from its latest checkpoint, into the same MLflow run. Its
     own config is used; overrides may change how it runs (``engine.*``), not what."""
+    from mlflow.tracking import MlflowClient
+
+    from lifelong.platform.spool import http_limits
+
     raw = read_overrides(overrides)
     uri = resolve_uri(str(raw.get("tracking", {}).get("uri", TrackingConfig.uri)), Path.cwd())
     client = MlflowClient(uri)
@@ -96,25 +145,25 @@ def resume(run_id: str, overrides: list[str], console: Optional[Console] = None,
     where = stored.data.tags.get(CHECKPOINTS_TAG)
     if cfg.engine.storage_path is None and where:  # where the run itself kept them
         cfg = replace(cfg, engine=replace(cfg.engine, storage_path=str(Path(where).parent)))
-    checkpoints = Path(cfg.engine.storage_path or ".lifelong/ray").resolve() / f"lifelong-{run_id}"
+    checkpoints = run_directory(Path(cfg.engine.storage_path or ".lifelong/ray").resolve(), run_id)
     if not checkpoints.is_dir():
         raise ConfigError(f"--resume {run_id}: no checkpoints at {checkpoints}; run from the "
                           f"directory it was started in, or set engine.storage_path")
-    return run(cfg, console, progress, resume_id=run_id)
+    return run(cfg, console, progress, resume_id=run_id, verbose=verbose, redirect_fd=redirect_fd)
 
 
 def _fit(cfg: RunConfig, uri: str, run_id: str, t0: float, console: Console, progress: bool,
          storage: Path) -> None:
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, ScalingConfig, TrainingFailedError
-    from ray.train import RunConfig as RayRunConfig
-    from ray.train.torch import TorchTrainer
+
+    from mlflow.tracking import MlflowClient
 
     from lifelong.platform.progress import ProgressBoard, run_with_progress
+    from lifelong.platform.spool import http_limits
     from lifelong.platform.stream_actor import StreamActor
     from lifelong.platform.worker import train_loop_per_worker
+    from lifelong.platform.worker_group import Placement, fit
 
-    _init_ray()
     try:
         with http_limits(retries=1):
             MlflowClient(uri).log_metric(run_id, "time/ray_ready_seconds", time.time() - t0, step=0)
@@ -122,30 +171,32 @@ def _fit(cfg: RunConfig, uri: str, run_id: str, t0: float, console: Console, pro
         pass
     workers = cfg.engine.workers
     cpus = cfg.engine.cpus_per_worker or _cpus_per_worker(workers)
-    # One GPU per worker where the cluster has them (Ray Train then picks NCCL), else gloo on CPUs.
+    # One GPU per worker where the cluster has them (NCCL), else gloo on CPUs.
     use_gpu = ray.cluster_resources().get("GPU", 0) >= workers
     board = ProgressBoard.remote() if progress else None
     stream = StreamActor.remote(cfg)  # owns the data; outlives worker restarts
     payload = {"config": OmegaConf.to_container(OmegaConf.structured(cfg)), "tracking_uri": uri,
                "run_id": run_id, "t0": t0, "threads": cpus, "progress": board, "stream": stream,
-               "spool_dir": str(Path(".lifelong/spool", run_id).resolve())}
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=payload,
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": cpus, **({"GPU": 1} if use_gpu else {})}),
-        # The same name and storage on --resume: Ray Train then hands back the latest checkpoint.
-        run_config=RayRunConfig(name=f"lifelong-{run_id}", storage_path=str(storage),
-                                failure_config=FailureConfig(max_failures=cfg.engine.max_failures),
-                                checkpoint_config=CheckpointConfig(num_to_keep=2)),
-    )
+               "spool_dir": str(Path(".lifelong/spool", run_id).resolve()),
+               "checkpoints": str(run_directory(storage, run_id))}
+    max_failures = cfg.engine.max_failures
+
+    def restarted(attempt: int, why: str) -> None:
+        console.print(f"lifelong: warning: {why}; restarting the learners from the last task "
+                      f"boundary ({attempt} of {max_failures})", style="yellow", markup=False)
+
+    def notice(message: str) -> None:
+        console.print(f"lifelong: {message}", markup=False)
+
+    def work() -> None:
+        fit(train_loop_per_worker, payload, Placement(workers, cpus, use_gpu), max_failures,
+            on_restart=restarted, notice=notice)
+
     try:
         if board is None:
-            trainer.fit()
+            work()
         else:
-            run_with_progress(trainer.fit, board, console)
-    except TrainingFailedError as err:
-        raise unwrap_worker_error(err) from None
+            run_with_progress(work, board, console)
     finally:
         ray.kill(stream)
 
@@ -156,19 +207,6 @@ def _cpus_per_worker(workers: int) -> int:
 
     per_node = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
     return max(1, int(min(sum(per_node) // workers, max(per_node, default=1))))
-
-
-def _init_ray() -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=True,
-                 dashboard_host="127.0.0.1", configure_logging=False, log_to_driver=True)
 
 
 def _absolute_paths(cfg: RunConfig, base: Path) -> RunConfig:

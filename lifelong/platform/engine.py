@@ -85,6 +85,7 @@ class DeepSpeedEngine(WholeParams):
         from deepspeed.utils import logger as ds_logger
 
         ds_logger.setLevel(logging.WARNING)
+        _skip_shm_comm_op()
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
         self.zero_stage = engine.zero_stage
         config = {
@@ -177,6 +178,17 @@ class DeepSpeedEngine(WholeParams):
             state = safe_get_full_optimizer_state(param, key)
             if state is not None:
                 set_full_fp32(param, state.masked_fill(_as_mask(mask, state), 0.0), key)
+
+
+def _skip_shm_comm_op() -> None:
+    """DeepSpeed's CPU backend JIT-compiles a shared-memory op (about a minute, and again for
+    every venv path, since the cache key includes it) that serves only its inference
+    all-reduce; training collectives go through torch.distributed. Mark it unavailable, as
+    DeepSpeed itself does where the compiler is missing, so it is never built."""
+    import deepspeed.ops
+
+    compatible = vars(deepspeed.ops).setdefault("__compatible_ops__", {})
+    compatible["deepspeed_shm_comm"] = False
 
 
 def held_state_keys(optimizer: torch.optim.Optimizer) -> list[str]:

@@ -45,25 +45,6 @@ class TrainingError(LifelongError):
     """Training failed on a worker (diverged, crashed); what was logged so far is kept."""
 
 
-def unwrap_worker_error(err: BaseException) -> LifelongError:
-    """Turn Ray Train's wrapped worker failure into our own error, one line long.
-
-    Ray wraps a worker's exception (``WorkerGroupError.worker_failures`` holds
-    RayTaskErrors); the user should see the cause, not the wrapping."""
-    failures = getattr(err, "worker_failures", None) or {0: err}
-    for rank, failure in sorted(failures.items()):
-        seen: set[int] = set()
-        node: BaseException | None = failure
-        while node is not None and id(node) not in seen:
-            seen.add(id(node))
-            if isinstance(node, LifelongError):
-                return node
-            node = getattr(node, "cause", None) or node.__cause__
-    rank, failure = sorted(failures.items())[0]
-    return TrainingError(f"training failed on worker rank {rank}: "
-                         f"{first_line(failure, last=True)[:300]} (traceback above)")
-
-
 class SubmitError(LifelongError):
     """The Ray cluster cannot take the job (unreachable, refused the token, lost the log
     stream); nothing ran, or the job's state is unknown."""

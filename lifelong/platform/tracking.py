@@ -22,29 +22,13 @@ from lifelong.metrics.continual import summarize
 from lifelong.platform import plots
 from lifelong.platform.config import RunConfig, flatten, to_yaml
 from lifelong.platform.spool import Spool, brief, http_limits, unreachable
+from lifelong.platform.tracking_uri import default_artifact_location, resolve_uri  # noqa: F401 (API)
 
 log = logging.getLogger(__name__)
 
 MATRIX_ARTIFACT = "accuracy_matrix.json"
 SPOOL_ROOT = Path(".lifelong/spool")
 RETRY_MIN_S, RETRY_MAX_S = 2.0, 60.0  # between delivery attempts while the server is down
-
-
-def resolve_uri(uri: str, base: Path) -> str:
-    """Make a relative ``sqlite:///x.db`` (or plain path) absolute, so workers whose
-    working directory differs write to the same store."""
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return f"sqlite:///{(base / uri[len('sqlite:///'):]).resolve()}"
-    if "://" not in uri:
-        return (base / uri).resolve().as_uri()
-    return uri
-
-
-def default_artifact_location(uri: str, base: Path) -> Optional[str]:
-    """Local stores keep artifacts in ./mlartifacts; servers decide for themselves."""
-    if uri.startswith(("sqlite:", "file:")):
-        return (base / "mlartifacts").resolve().as_uri()
-    return None
 
 
 def start_run(cfg: RunConfig, uri: str, artifact_location: Optional[str]) -> str:

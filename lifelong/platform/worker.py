@@ -1,51 +1,32 @@
-"""The function every Ray Train worker runs: rebuild the config, run a ``Learner``.
+"""The function every learner process runs (``worker_group.py``): build a ``Learner`` and
+follow the stream, checkpointing at task boundaries.
 
-Checkpoint and resume live here: at every task boundary the learner's state is captured
-(collectively) and rank 0's copy is reported to Ray Train, which persists it. A worker
-group that Ray Train restarts after a failure (``engine.max_failures``), or a run resumed
-with ``lifelong run --resume``, starts from the latest one. An error that would only
-happen again (divergence, a bad checkpoint) is recorded with the stream actor first, so a
-restarted group stops at once instead of repeating it.
+At every boundary the learner's state is captured (collectively) and rank 0 writes it
+to the run's ``CheckpointStore`` in the background. A group restarted after a failure
+(``engine.max_failures``), or a run resumed with ``lifelong run --resume``, starts from the
+latest complete checkpoint.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from lifelong.platform.errors import LifelongError
+from lifelong.platform.checkpoint_store import CheckpointStore
+from lifelong.platform.runlog import console_logging
 
-
-def train_loop_per_worker(payload: dict[str, Any]) -> None:
-    import ray
-
-    stream = payload.get("stream")
-    if stream is not None and (fatal := ray.get(stream.aborted.remote())) is not None:
-        raise fatal
-    try:
-        _train(payload)
-    except LifelongError as err:
-        if stream is not None:
-            ray.get(stream.abort.remote(err))
-        raise
-
-
-def _train(payload: dict[str, Any]) -> None:
-    import ray.train
-
+def train_loop_per_worker(rank: int, world_size: int, payload: dict[str, Any]) -> None:
     from lifelong.platform import checkpoint
     from lifelong.platform.config import build_config
     from lifelong.platform.learner import Learner
     from lifelong.platform.tracking import Tracker
 
     entered = time.time()
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
+    console_logging()  # our warnings reach a quiet console; the rest goes to the run's log
     torch.set_num_threads(payload["threads"])
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
     cfg = build_config(payload["config"])
@@ -60,17 +41,18 @@ def _train(payload: dict[str, Any]) -> None:
         feed = RemoteFeed(payload["stream"], rank, world_size, cfg.train.eval_batch_size,
                           cfg.stream.chunk_batches, cfg.stream.prefetch)
     learner = Learner(cfg, rank, world_size, tracker=tracker, progress=progress, feed=feed)
-    saved = ray.train.get_checkpoint()
+    store = CheckpointStore(payload["checkpoints"])
+    saved = store.latest()
     if saved is not None:
-        with saved.as_directory() as directory:
-            state = checkpoint.read(Path(directory) / checkpoint.FILE, cfg)
+        state = checkpoint.read(saved, cfg)
         checkpoint.restore(learner, state)
         if tracker is not None:
             tracker.metrics({"fault/resumed_from_task": state["next_task"]}, step=learner.result.steps,
                             flush=True)
-    learner.at_boundary = _report_checkpoint(rank)
+    learner.at_boundary = _checkpoint_at_boundary(rank, store)
     built = time.time()
     result = learner.run()
+    store.close()  # the last boundary's checkpoint is on disk before the run counts as done
     if tracker is not None:
         if result.first_step_at is not None:
             t0 = payload["t0"]
@@ -81,20 +63,14 @@ def _train(payload: dict[str, Any]) -> None:
         tracker.close()  # delivers anything spooled while the server was down, or says where it is
 
 
-def _report_checkpoint(rank: int) -> Callable[[Any], None]:
-    """At a task boundary: capture on every rank (collective), rank 0 writes, all report
-    (Ray Train's report is a barrier and persists rank 0's directory)."""
-    import ray.train
-
+def _checkpoint_at_boundary(rank: int, store: CheckpointStore) -> Callable[[Any], None]:
+    """At a task boundary: capture on every rank (collective); rank 0 writes it."""
     from lifelong.platform import checkpoint
 
     def at_boundary(learner: Any) -> None:
         state = checkpoint.capture(learner)
-        with tempfile.TemporaryDirectory() as tmp:
-            saved = None
-            if rank == 0:
-                checkpoint.write(state, Path(tmp))
-                saved = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report({"next_task": state["next_task"]}, checkpoint=saved)
+        if rank == 0:
+            store.save(state)
 
     return at_boundary
+

@@ -76,17 +76,13 @@ def resume(state: dict, optim: OptimConfig, stage: Union[int, None], rest: Batch
     return params(eng)
 
 
-def worker_loop(payload: dict) -> None:
-    """Ray Train worker body. Per optimizer and ZeRO stage: an uninterrupted run of K + M
+def worker_loop(rank: int, world: int, payload: dict) -> None:
+    """Learner-process body. Per optimizer and ZeRO stage: an uninterrupted run of K + M
     steps; a run captured after K steps that then goes on (capture must not disturb it);
     a fresh engine restored from that capture for the last M steps. Then the stage-0
     capture restored into stages 2 and 3, and a plain single-process capture (from the
     test process) restored into stage 3. Along the way, the uninterrupted engine's
     ``reset_optimizer_state`` on some rows. Rank 0 saves everything."""
-    import ray.train
-
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(1)
     data = shard(global_batches(), rank, world)
     first, rest = data[:K], data[K:]
@@ -118,11 +114,8 @@ def worker_loop(payload: dict) -> None:
 
 
 def run_group(out: Path, from_plain: Path, workers: int = 2) -> dict:
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from lifelong.platform.worker_group import Placement, fit
 
-    TorchTrainer(worker_loop,
-                 train_loop_config={"out": str(out), "from_plain": str(from_plain)},
-                 scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
-                 run_config=RunConfig(storage_path=str(out.parent / "ray"), name="engine_state")).fit()
+    fit(worker_loop, {"out": str(out), "from_plain": str(from_plain)},
+        Placement(workers, cpus_per_worker=1), max_failures=0)
     return torch.load(out, weights_only=True)

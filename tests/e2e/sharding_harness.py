@@ -52,12 +52,8 @@ def plain(name: str) -> dict:
     return outcome(Learner(config(name, {"backend": "torch"})))
 
 
-def sharded_loop(payload: dict) -> None:
-    """Ray Train worker body: every strategy in turn on this worker group."""
-    import ray.train
-
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+def sharded_loop(rank: int, world: int, payload: dict) -> None:
+    """Learner-process body: every strategy in turn on this worker group."""
     torch.set_num_threads(1)
     results = {}
     for name in payload["strategies"]:
@@ -68,14 +64,10 @@ def sharded_loop(payload: dict) -> None:
 
 
 def sharded(stage: int, names: list[str], out: Path, workers: int = 2) -> dict:
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from lifelong.platform.worker_group import Placement, fit
 
-    TorchTrainer(sharded_loop,
-                 train_loop_config={"stage": stage, "strategies": names, "out": str(out)},
-                 scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
-                 run_config=RunConfig(storage_path=str(out.parent / "ray"), name=f"zero{stage}")
-                 ).fit()
+    fit(sharded_loop, {"stage": stage, "strategies": names, "out": str(out)},
+        Placement(workers, cpus_per_worker=1), max_failures=0)
     return torch.load(out, weights_only=True)
 
 

@@ -1,0 +1,25 @@
+"""Where a run's tracking data goes, as URIs every process agrees on. Kept apart from
+``tracking.py`` so the driver can resolve them without importing MLflow (about 2 s),
+which it does in a thread while Ray starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+
+def resolve_uri(uri: str, base: Path) -> str:
+    """Make a relative ``sqlite:///x.db`` (or plain path) absolute, so workers whose
+    working directory differs write to the same store."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{(base / uri[len('sqlite:///'):]).resolve()}"
+    if "://" not in uri:
+        return (base / uri).resolve().as_uri()
+    return uri
+
+
+def default_artifact_location(uri: str, base: Path) -> Optional[str]:
+    """Local stores keep artifacts in ./mlartifacts; servers decide for themselves."""
+    if uri.startswith(("sqlite:", "file:")):
+        return (base / "mlartifacts").resolve().as_uri()
+    return None
