@@ -189,3 +189,16 @@ def test_ewc_fisher_defaults_to_every_row_and_matches_per_row_gradients(model, s
     for name, value in expected.items():
         assert float(value.sum()) > 0
         torch.testing.assert_close(got[name], value, rtol=1e-4, atol=1e-9)
+
+
+def test_a_tiny_ewc_run_gives_the_accuracy_matrix_of_per_row_gradients(stream, monkeypatch):
+    """The whole strategy, on the plain engine: the closed forms change no prediction
+    (beyond float32 rounding: at most one flipped test row of 32 per entry). lam stays where
+    SGD is stable on the penalty (lr * lam * F < 2): past that, rounding grows chaotically."""
+    cfg = {"hidden": [32, 16]}, {"lam": 100.0}
+    closed_form = learner(*cfg, stream).run().R
+    monkeypatch.setattr(EWC, "estimate_fisher", lambda self, task, data: vmap_fisher(self, data))
+    per_row = learner(*cfg, stream).run().R
+    assert closed_form != learner({"hidden": [32, 16]}, {"lam": 0.0}, stream).run().R  # EWC acts
+    diff = max(abs(a - b) for ra, rb in zip(closed_form, per_row) for a, b in zip(ra, rb))
+    assert diff <= 1 / 32, (closed_form, per_row)
