@@ -50,17 +50,21 @@ def squared_row_grad_sums(row_losses: RowLosses, params: dict[str, torch.Tensor]
     """sum_i (d loss_i / d p)^2 for every p in ``params``; ``row_losses(params, *batch)``
     must run the model with exactly these tensors (a functional call) and return one loss
     per row of the batch tensors."""
-    live = {k: v.detach().requires_grad_() for k, v in params.items()}
-    loss, calls = _record_layer_calls(row_losses, live, batch)
-    covered = _coverable(calls)
     total = {k: torch.zeros_like(v) for k, v in params.items()}
-    if covered:
-        deltas = torch.autograd.grad(loss, [c.output for c in covered], allow_unused=True)
+    with torch.enable_grad():  # also when called under no_grad
+        # Parameters require grad so every layer output is in the graph; autograd.grad then
+        # runs only the input-gradient matmuls on the way to those outputs, no weight gradient.
+        live = {k: v.detach().requires_grad_() for k, v in params.items()}
+        loss, calls = _record_layer_calls(row_losses, live, batch)
+        covered = _coverable(calls)
+        deltas = (torch.autograd.grad(loss, [c.output for c in covered], allow_unused=True)
+                  if covered else ())
+    with torch.no_grad():
         for call, delta in zip(covered, deltas):
             if delta is None:  # the output never reached the loss: zero gradient
                 continue
-            for name, value in _layer_sums(call.module, call.input.detach(), delta).items():
-                total[call.names[name]] += value
+            for attr, value in _layer_sums(call.module, call.input, delta).items():
+                total[str(call.names[attr])] += value
     done = {name for call in covered for name in call.names.values()}
     rest = [k for k in params if k not in done]
     if rest:
