@@ -1,9 +1,9 @@
 """Elastic Weight Consolidation (Kirkpatrick et al. 2017), separate and online.
 
 After each task, the diagonal empirical Fisher F_t (mean over training rows of the
-squared per-row gradient of the log-likelihood, computed exactly with torch.func)
-and the anchor theta*_t are stored. Training then adds lam * F * (theta - theta*) to
-the full gradient, i.e. descends on  task loss + lam/2 * sum F (theta - theta*)^2.
+squared per-row gradient of the log-likelihood) and the anchor theta*_t are stored.
+Training then adds lam * F * (theta - theta*) to the full gradient, i.e. descends on
+task loss + lam/2 * sum F (theta - theta*)^2.
 
 - ``separate``: one penalty per past task: sum_t F_t (theta - theta*_t).
 - ``online`` (Schwarz et al. 2018, "Progress & Compress"): one penalty with
@@ -11,8 +11,14 @@ the full gradient, i.e. descends on  task loss + lam/2 * sum F (theta - theta*)^
 
 Either way the penalty gradient is  lam * (S * theta - A)  with running sums
 S = sum F_t and A = sum F_t theta*_t, so a step costs the same after 1 or 100 tasks.
-"""
 
+F_t is exact and, by default, over *all* of the task's training rows
+(``fisher_samples: null``; an integer takes a seeded subset): ``fisher.py`` sums squared
+per-row gradients in closed form (one matmul per Linear layer) instead of materialising a
+gradient per row, so the whole task costs about what a hand-written loop's squared
+mean-batch gradients (an approximation) cost. Each worker sums its shard of the rows and
+the sums are all-reduced, so F_t is the same on any number of workers and ZeRO stage.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,11 +26,11 @@ from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
-from torch.func import grad, vmap
 
 from lifelong.platform.config import StrategyConfig
 from lifelong.platform.errors import require
 from lifelong.strategies.base import Strategy, Support
+from lifelong.strategies.fisher import squared_row_grad_sums
 from lifelong.streams.batches import Rows
 from lifelong.streams.scenarios import TaskInfo
 
@@ -34,8 +40,8 @@ class EWCConfig(StrategyConfig):
     lam: float = 100.0
     mode: str = "separate"  # separate | online
     decay: float = 1.0  # online mode: how much of the old Fisher to keep per task
-    fisher_samples: Optional[int] = 1024  # training rows used for F; None = all
-    fisher_batch_size: int = 256
+    fisher_samples: Optional[int] = None  # training rows used for F; None = all of them
+    fisher_batch_size: int = 1024  # rows per Fisher forward/backward
 
 
 class EWC(Strategy):
@@ -68,8 +74,9 @@ class EWC(Strategy):
         lam = self.config.lam
         with torch.no_grad(), self.ctx.editable_grads() as grads:
             params = self.ctx.full_params()
-            for name, g in grads.items():
-                g.add_(self.fisher_sum[name] * params[name] - self.anchor_sum[name], alpha=lam)
+            for name, g in grads.items():  # g += lam * (S * theta - A), no temporaries
+                g.addcmul_(self.fisher_sum[name], params[name], value=lam)
+                g.sub_(self.anchor_sum[name], alpha=lam)
         return {}
 
     def on_task_end(self, task: TaskInfo, data: Rows) -> None:
@@ -94,17 +101,16 @@ class EWC(Strategy):
             data = data[torch.randperm(len(data), generator=g)[:n].sort().values]
         params = {k: v.detach() for k, v in self.ctx.full_params().items()}
 
-        def row_loss(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-                     t: torch.Tensor) -> torch.Tensor:
-            return F.cross_entropy(self.ctx.logits_fn(p, x[None], t[None]), y[None])
+        def row_losses(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                       t: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(self.ctx.logits_fn(p, x, t), y, reduction="none")
 
-        per_row_grad = vmap(grad(row_loss), in_dims=(None, 0, 0, 0))
         total = {k: torch.zeros_like(v) for k, v in params.items()}
         for batch in self.ctx.batches(data, self.config.fisher_batch_size):
             if len(batch) == 0:
                 continue
-            for k, g in per_row_grad(params, batch.x, batch.y, batch.task).items():
-                total[k] += g.pow(2).sum(0)
+            for k, v in squared_row_grad_sums(row_losses, params, batch.x, batch.y, batch.task).items():
+                total[k] += v
         count = float(len(data))
         return {k: self.ctx.reduce(v) / count for k, v in total.items()}
 

@@ -77,7 +77,7 @@ def test_yaml_values_are_typed(ewc_yaml):
     assert isinstance(cfg.strategy, EWCConfig)
     assert cfg.strategy.lam == 100.0
     assert cfg.strategy.mode == "separate"
-    assert cfg.strategy.fisher_samples == 1024
+    assert cfg.strategy.fisher_samples is None  # every training row
     # groups the file does not mention keep their defaults
     assert cfg.engine == EngineConfig()
 
