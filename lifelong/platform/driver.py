@@ -25,7 +25,7 @@ from lifelong.platform.checkpoint_store import run_directory
 from lifelong.platform.errors import ConfigError, TrackingError, first_line
 from lifelong.platform.preflight import check_data, check_supported
 from lifelong.platform.runlog import RunLog
-from lifelong.platform.tracking_uri import resolve_uri
+from lifelong.platform.tracking_uri import check_server, resolve_uri
 
 # MLflow (about 2 s to import) is imported where it is used: the run is opened in a thread
 # while Ray starts, so that import overlaps Ray's start-up instead of preceding it.
@@ -56,11 +56,12 @@ def run(cfg: RunConfig, console: Optional[Console] = None, progress: bool = True
     cfg = _absolute_paths(cfg, base)
     check_data(cfg)
     uri = resolve_uri(cfg.tracking.uri, base)
+    check_server(uri)
     storage = Path(cfg.engine.storage_path or ".lifelong/ray").resolve()
     log = RunLog(verbose, redirect_fd, run_id=resume_id).start()
     try:
         with ThreadPoolExecutor(1, thread_name_prefix="lifelong-mlflow") as pool:
-            opening = pool.submit(_open_run, cfg, uri, base, storage, resume_id)
+            opening = pool.submit(_open_run, cfg, uri, base, storage, resume_id, log)
             ray_session.connect()  # Ray starts while MLflow opens its store
             log.capture_ray()
             run_id = opening.result()
@@ -82,10 +83,12 @@ def run(cfg: RunConfig, console: Optional[Console] = None, progress: bool = True
     return RunOutcome(run_id, uri, matrix["R"], matrix["init"], time.time() - t0)
 
 
-def _open_run(cfg: RunConfig, uri: str, base: Path, storage: Path, resume_id: Optional[str]) -> str:
+def _open_run(cfg: RunConfig, uri: str, base: Path, storage: Path, resume_id: Optional[str],
+              log: RunLog) -> str:
     """Create the MLflow run (or reopen the resumed one); one line if the store is unusable."""
     from mlflow.tracking import MlflowClient
 
+    log.adopt("mlflow")
     from lifelong.platform.spool import http_limits
     from lifelong.platform.tracking import default_artifact_location, start_run
 

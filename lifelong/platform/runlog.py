@@ -62,6 +62,7 @@ class RunLog:
         self._root_level = logging.getLogger().level
         self._ray_printer: Any = None
         self._console_handler: Optional[logging.Handler] = None
+        self._adopted: dict[str, tuple[list[logging.Handler], bool]] = {}
 
     def start(self) -> "RunLog":
         root = logging.getLogger()
@@ -75,7 +76,20 @@ class RunLog:
                                             write_through=True)
             os.dup2(self.file.fileno(), 2)
         self._console_handler = console_logging(self.console)
+        import ray  # noqa: F401 - its logger exists once imported (a fraction of a second)
+
+        self.adopt("ray")
         return self
+
+    def adopt(self, name: str) -> None:
+        """Send a library logger that writes to stderr itself (Ray's, MLflow's) to the file;
+        call once the library is imported."""
+        logger = logging.getLogger(name)
+        if name in self._adopted:
+            return
+        self._adopted[name] = (list(logger.handlers), logger.propagate)
+        logger.handlers = (list(logger.handlers) if self.verbose else []) + [self._handler]
+        logger.propagate = False
 
     def name(self, run_id: str) -> Path:
         """Rename the log after the run (a new run's id is known only once MLflow made it)."""
@@ -114,6 +128,9 @@ class RunLog:
                     dispatcher.handlers = dispatcher.handlers + [self._ray_printer]
         except ImportError:
             pass
+        for name, (handlers, propagate) in self._adopted.items():
+            logging.getLogger(name).handlers, logging.getLogger(name).propagate = handlers, propagate
+        self._adopted.clear()
         root = logging.getLogger()
         root.removeHandler(self._handler)
         if self._console_handler is not None:
