@@ -110,6 +110,7 @@ def _fit(cfg: RunConfig, uri: str, run_id: str, t0: float, console: Console, pro
     from ray.train import RunConfig as RayRunConfig
     from ray.train.torch import TorchTrainer
 
+    from lifelong.platform.plugin_shipping import strategy_runtime_env
     from lifelong.platform.progress import ProgressBoard, run_with_progress
     from lifelong.platform.stream_actor import StreamActor
     from lifelong.platform.worker import train_loop_per_worker
@@ -125,7 +126,9 @@ def _fit(cfg: RunConfig, uri: str, run_id: str, t0: float, console: Console, pro
     # One GPU per worker where the cluster has them (Ray Train then picks NCCL), else gloo on CPUs.
     use_gpu = ray.cluster_resources().get("GPU", 0) >= workers
     board = ProgressBoard.remote() if progress else None
-    stream = StreamActor.remote(cfg)  # owns the data; outlives worker restarts
+    plugin_env = strategy_runtime_env(cfg.strategy.name)  # the user's own strategy files, if any
+    # The stream actor owns the data and outlives worker restarts (and keeps plugin_env pinned).
+    stream = StreamActor.options(runtime_env=plugin_env).remote(cfg)
     payload = {"config": OmegaConf.to_container(OmegaConf.structured(cfg)), "tracking_uri": uri,
                "run_id": run_id, "t0": t0, "threads": cpus, "progress": board, "stream": stream,
                "spool_dir": str(Path(".lifelong/spool", run_id).resolve())}
@@ -137,7 +140,8 @@ def _fit(cfg: RunConfig, uri: str, run_id: str, t0: float, console: Console, pro
         # The same name and storage on --resume: Ray Train then hands back the latest checkpoint.
         run_config=RayRunConfig(name=f"lifelong-{run_id}", storage_path=str(storage),
                                 failure_config=FailureConfig(max_failures=cfg.engine.max_failures),
-                                checkpoint_config=CheckpointConfig(num_to_keep=2)),
+                                checkpoint_config=CheckpointConfig(num_to_keep=2),
+                                worker_runtime_env=plugin_env),
     )
     try:
         if board is None:
