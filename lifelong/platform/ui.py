@@ -142,8 +142,8 @@ def _local_store(uri: str) -> str:
     if uri.startswith(prefix):
         path = Path(uri[len(prefix):])
         if not path.is_file():
-            raise ConfigError(f"--uri {uri}: no MLflow store at {path}; run lifelong run CONFIG.yaml "
-                              f"here first, or pass the store's --uri")
+            raise ConfigError(f"no MLflow store at {path}: run lifelong run CONFIG.yaml here first, "
+                              f"or name the store with --uri")
         return str(path)
     return uri
 
