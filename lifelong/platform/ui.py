@@ -49,7 +49,8 @@ def experiment_url(base: str, experiment_id: str) -> str:
 
 
 def run_url(base: str, experiment_id: str, run_id: str) -> str:
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?{MODEL_TRAINING}"
+    """The run's page, on its metric charts."""
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}/model-metrics?{MODEL_TRAINING}"
 
 
 def ui_command(uri: str, cwd: Optional[Path] = None) -> str:
@@ -124,6 +125,8 @@ def serve(uri: str, run_id: Optional[str], host: str, port: int, console: Consol
         stdout=log, stderr=subprocess.STDOUT, text=True,
         # no job runner: a dozen huey processes, a slower start, and they outlive SIGTERM
         env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    # `kill` (SIGTERM) stops the server too, as Ctrl-C does: never leave it running alone
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         _wait_until_up(proc, log, f"http://{host}:{port}", port)
         console.print(f"MLflow UI on {store} at http://{host}:{port} (Ctrl-C stops it)", soft_wrap=True,

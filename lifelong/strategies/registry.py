@@ -111,7 +111,7 @@ def _import_dotted(path: str) -> type[Strategy]:
     module_name, attr = _split(path)
     try:
         cls = getattr(_import_cwd_first(module_name), attr)
-    except (ImportError, AttributeError) as err:
+    except (ImportError, AttributeError, SyntaxError) as err:
         raise ConfigError(f"strategy.name: cannot import {path!r} ({err})") from None
     _check_class(cls, path)
     return cls
@@ -147,24 +147,23 @@ def _import_file(name: str) -> type[Strategy]:
     file, attr = _file_of(name), _split(name)[1]
     if not attr or not file.name.endswith(".py"):
         raise ConfigError(f"strategy.name: {name!r}: a file path reads path/to/file.py:ClassName")
+    source = file if file.is_file() else _shipped(file.name)
+    if source is None:
+        raise ConfigError(f"strategy.name: cannot import {name!r} (no file {file})")
     try:
-        if file.is_file():
-            module = _load_file(file.stem, file)
-        elif _shipped(file.stem):
-            module = importlib.import_module(file.stem)
-        else:
-            raise ConfigError(f"strategy.name: cannot import {name!r} (no file {file})")
-        cls = getattr(module, attr)
-    except (ImportError, AttributeError) as err:
+        cls = getattr(_load_file(file.stem, source), attr)
+    except (ImportError, AttributeError, SyntaxError) as err:
         raise ConfigError(f"strategy.name: cannot import {name!r} ({err})") from None
     _check_class(cls, name)
     return cls
 
 
-def _shipped(module_name: str) -> bool:
-    """Whether ``module_name`` is a file Ray unpacked from a runtime_env's py_modules."""
-    spec = importlib.util.find_spec(module_name)
-    return bool(spec and spec.origin and RAY_SHIPPED_DIR in Path(spec.origin).parts)
+def _shipped(file_name: str) -> Optional[Path]:
+    """The copy of ``file_name`` Ray unpacked from a runtime_env's py_modules, if any."""
+    for entry in map(Path, sys.path):
+        if RAY_SHIPPED_DIR in entry.parts and (entry / file_name).is_file():
+            return entry / file_name
+    return None
 
 
 def _load_file(module_name: str, file: Path) -> ModuleType:

@@ -1,5 +1,5 @@
 """`lifelong ui`, as a user runs it in the directory of their runs: a real MLflow UI starts
-on 127.0.0.1, the printed links answer, and Ctrl-C stops it."""
+on 127.0.0.1, the printed links answer, and Ctrl-C (or kill) stops it and its server."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from tests.e2e.user_shell import LIFELONG, lifelong, user_env
 pytestmark = pytest.mark.slow
 
 
-def test_lifelong_ui_serves_the_store_and_prints_links_that_answer(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
+def test_lifelong_ui_serves_the_store_and_prints_links_that_answer(tmp_path, stop):
     uri = resolve_uri("sqlite:///mlruns.db", tmp_path)
     run_id = start_run(build_config({"stream": {"dataset": "digits", "scenario": "split", "n_tasks": 3}}),
                        uri, (tmp_path / "mlartifacts").as_uri())
@@ -36,12 +37,12 @@ def test_lifelong_ui_serves_the_store_and_prints_links_that_answer(tmp_path):
             lines.append(line)
         out = "".join(lines)
         base = f"http://127.0.0.1:{port}"
-        assert f"{base}/#/experiments/{experiment}/runs/{run_id}?workflowType=machine_learning" in out
+        assert f"{base}/#/experiments/{experiment}/runs/{run_id}/model-metrics?workflowType=machine_learning" in out
         assert f"{base}/#/experiments/{experiment}?workflowType=machine_learning" in out
         with urllib.request.urlopen(base + "/", timeout=10) as page:
             assert page.status == 200 and b"<html" in page.read().lower()
     finally:
-        proc.send_signal(signal.SIGINT)  # the user's Ctrl-C
+        proc.send_signal(stop)
         code = proc.wait(timeout=30)
     assert code == 0
     with pytest.raises(urllib.error.URLError):  # the server went with it

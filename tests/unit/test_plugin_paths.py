@@ -104,3 +104,17 @@ def test_what_cannot_be_loaded_is_one_config_error_line(user_dir, name, says):
         resolve_strategy(name)
     message = str(info.value)
     assert message.startswith("strategy.name: ") and says in message and "\n" not in message
+
+
+def test_a_worker_without_the_file_loads_the_copy_ray_shipped(user_dir, tmp_path_factory):
+    """In a Ray worker the path may not exist (its own working directory); the copy Ray
+    unpacked from py_modules is used, even where another directory on sys.path (Ray puts
+    the driver's there on a local cluster) has a file of that name."""
+    shipped = tmp_path_factory.mktemp("session") / "runtime_resources" / "py_modules_files" / "_ray_pkg_1"
+    shipped.mkdir(parents=True)
+    (shipped / "my_strategy.py").write_text(STRATEGY)
+    elsewhere = tmp_path_factory.mktemp("driver_cwd")
+    (elsewhere / "my_strategy.py").write_text(STRATEGY)
+    sys.path[:0] = [str(elsewhere), str(shipped)]
+    cls = resolve_strategy("plugins/my_strategy.py:Mine")
+    assert sys.modules[cls.__module__].__file__ == str(shipped / "my_strategy.py")

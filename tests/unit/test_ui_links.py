@@ -18,7 +18,7 @@ LOCAL = "http://127.0.0.1:5000"
 
 def test_links_open_the_model_training_view():
     assert experiment_url(LOCAL, "3") == f"{LOCAL}/#/experiments/3?workflowType=machine_learning"
-    assert run_url(LOCAL, "3", "abc") == f"{LOCAL}/#/experiments/3/runs/abc?workflowType=machine_learning"
+    assert run_url(LOCAL, "3", "abc") == f"{LOCAL}/#/experiments/3/runs/abc/model-metrics?workflowType=machine_learning"
 
 
 def test_a_server_serves_its_own_ui_and_a_local_store_needs_lifelong_ui():
