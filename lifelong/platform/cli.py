@@ -1,4 +1,4 @@
-"""The ``lifelong`` command: run, submit, strategies, data fetch."""
+"""The ``lifelong`` command: run, submit, ui, strategies, data fetch."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from lifelong.platform.errors import ConfigError, LifelongError
 def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, sys.argv[1:] if argv is None else list(argv))
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
@@ -29,6 +29,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("lifelong: interrupted", file=sys.stderr)
         return 130
+
+
+INTERMIXED = ("run", "submit")  # commands whose flags and key=value overrides mix freely
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Like ``parser.parse_args``, but ``run`` and ``submit`` take flags anywhere among the
+    overrides (``CONFIG --no-progress k=v`` as well as ``CONFIG k=v --no-progress``).
+    argparse's intermixed parsing does not work through subparsers, so the command's own
+    parser is used for the rest of the line."""
+    command = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if command is None or command > 0 or argv[command] not in INTERMIXED:
+        return parser.parse_args(argv)
+    sub = _subparsers(parser).choices[argv[command]]
+    args = sub.parse_intermixed_args(argv[command + 1:])
+    args.command = argv[command]
+    return args
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,6 +76,15 @@ def _parser() -> argparse.ArgumentParser:
                         help="the cluster's dashboard (default: $RAY_ADDRESS or http://127.0.0.1:8265)")
     submit.add_argument("--no-follow", action="store_true", help="submit and return; do not stream logs")
     submit.set_defaults(handler=_submit)
+
+    ui = sub.add_parser("ui", help="start the MLflow UI on this directory's runs and print "
+                                   "links to the newest run (or RUN_ID) and its experiment")
+    ui.add_argument("run_id", nargs="?", metavar="RUN_ID", help="link to this run (default: the newest)")
+    ui.add_argument("--uri", default="sqlite:///mlruns.db", help="tracking store (default: "
+                    "sqlite:///mlruns.db, as lifelong run writes it); an http(s) server: links only")
+    ui.add_argument("--host", default="127.0.0.1", help="address to serve on (default: 127.0.0.1)")
+    ui.add_argument("--port", type=int, default=5000, help="port to serve on (default: 5000)")
+    ui.set_defaults(handler=_ui)
 
     strategies = sub.add_parser("strategies", help="list registered strategies")
     strategies.set_defaults(handler=_strategies)
@@ -90,8 +120,10 @@ def _run(args: argparse.Namespace) -> int:
         s = summarize(outcome.R, outcome.init)
         console.print("  ".join(f"[bold]{k.upper()}[/] {v:+.4f}" if k != "acc" else f"[bold]ACC[/] {v:.4f}"
                                 for k, v in s.items()))
-    console.print(f"run {outcome.run_id} finished in {outcome.seconds:.1f}s. See it in the MLflow UI:")
-    console.print(f"  mlflow ui --backend-store-uri {_ui_uri(outcome.tracking_uri)}", soft_wrap=True)
+    console.print(f"run {outcome.run_id} finished in {outcome.seconds:.1f}s.")
+    from lifelong.platform.ui import print_where_to_look
+
+    print_where_to_look(console, outcome.tracking_uri, outcome.run_id)
     return 0
 
 
@@ -113,11 +145,13 @@ def _summary(R: list[list[float]], init: list[float]) -> Table:
     return table
 
 
-def _ui_uri(uri: str) -> str:
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and uri[len(prefix):].startswith(os.getcwd() + "/"):
-        return prefix + os.path.relpath(uri[len(prefix):])
-    return uri
+def _ui(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lifelong.platform.tracking import resolve_uri
+    from lifelong.platform.ui import serve
+
+    return serve(resolve_uri(args.uri, Path.cwd()), args.run_id, args.host, args.port, Console())
 
 
 def _strategies(_: argparse.Namespace) -> int:

@@ -161,6 +161,7 @@ def _fit(cfg: RunConfig, uri: str, run_id: str, t0: float, console: Console, pro
 
     from mlflow.tracking import MlflowClient
 
+    from lifelong.platform.plugin_shipping import strategy_runtime_env
     from lifelong.platform.progress import ProgressBoard, run_with_progress
     from lifelong.platform.spool import http_limits
     from lifelong.platform.stream_actor import StreamActor
@@ -177,7 +178,9 @@ def _fit(cfg: RunConfig, uri: str, run_id: str, t0: float, console: Console, pro
     # One GPU per worker where the cluster has them (NCCL), else gloo on CPUs.
     use_gpu = ray.cluster_resources().get("GPU", 0) >= workers
     board = ProgressBoard.remote() if progress else None
-    stream = StreamActor.remote(cfg)  # owns the data; outlives worker restarts
+    plugin_env = strategy_runtime_env(cfg.strategy.name)  # the user's own strategy files, if any
+    # The stream actor owns the data and outlives worker restarts (and keeps plugin_env pinned).
+    stream = StreamActor.options(runtime_env=plugin_env).remote(cfg)
     payload = {"config": OmegaConf.to_container(OmegaConf.structured(cfg)), "tracking_uri": uri,
                "run_id": run_id, "t0": t0, "threads": cpus, "progress": board, "stream": stream,
                "spool_dir": str(Path(".lifelong/spool", run_id).resolve()),
@@ -192,7 +195,7 @@ def _fit(cfg: RunConfig, uri: str, run_id: str, t0: float, console: Console, pro
         console.print(f"lifelong: {message}", markup=False)
 
     def work() -> None:
-        fit(train_loop_per_worker, payload, Placement(workers, cpus, use_gpu), max_failures,
+        fit(train_loop_per_worker, payload, Placement(workers, cpus, use_gpu, plugin_env), max_failures,
             on_restart=restarted, notice=notice)
 
     try:

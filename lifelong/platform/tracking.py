@@ -44,13 +44,20 @@ def start_run(cfg: RunConfig, uri: str, artifact_location: Optional[str]) -> str
     stream_name = f"{s.scenario}_{s.dataset}_{s.setting}"
     tags = {"strategy": cfg.strategy.name, "stream": stream_name,
             "lifelong.version": lifelong.__version__, "mlflow.source.git.commit": _git_commit()}
-    run = client.create_run(experiment_id, run_name=cfg.tracking.run_name,
+    run = client.create_run(experiment_id, run_name=cfg.tracking.run_name or default_run_name(cfg),
                             tags={k: v for k, v in tags.items() if v})
     params = [Param(k, v[:6000]) for k, v in flatten(cfg).items()]
     for i in range(0, len(params), 100):
         client.log_batch(run.info.run_id, params=params[i:i + 100])
     client.log_text(run.info.run_id, to_yaml(cfg), "config.yaml")
     return run.info.run_id
+
+
+def default_run_name(cfg: RunConfig) -> str:
+    """What the run is, readable side by side in the runs table: ``ewc-permuted_mnist-s0``
+    (strategy, stream, seed). A strategy given by path is named by its class."""
+    strategy = cfg.strategy.name.replace(":", ".").rsplit(".", 1)[-1]
+    return f"{strategy}-{cfg.stream.scenario}_{cfg.stream.dataset}-s{cfg.seed}"
 
 
 def end_run(uri: str, run_id: str, status: str) -> None:

@@ -30,6 +30,7 @@ class Placement:
     workers: int
     cpus_per_worker: int
     gpu: bool = False
+    runtime_env: Optional[dict] = None  # e.g. the user's own strategy files (plugin_shipping.py)
 
 
 @ray.remote(num_cpus=0)
@@ -66,6 +67,7 @@ class WorkerGroup:
         self.actors = [
             LearnerProcess.options(
                 num_cpus=placement.cpus_per_worker, num_gpus=1 if placement.gpu else 0,
+                runtime_env=placement.runtime_env,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, i),
             ).remote()
             for i in range(placement.workers)]

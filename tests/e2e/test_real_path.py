@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from lifelong.platform.cli import main
 from lifelong.platform.driver import run
 from tests.conftest import make_config
+from tests.e2e.user_shell import lifelong
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,23 +114,23 @@ def test_diverged_worker_fails_with_one_line_and_keeps_the_run(ray_cluster, tmp_
     assert "strategy.name" in run_.data.params  # what was recorded before the failure is kept
 
 
-def test_cli_runs_a_user_strategy_by_dotted_path_and_says_where_to_look(tmp_path):
-    """The user's command, as a user types it, in a fresh process, with the README's
-    plugin example loaded by dotted path inside the Ray workers."""
-    plugin = "examples.clip_strategy:ClipGrads"
-    out = subprocess.run(
-        [sys.executable, "-m", "lifelong", "run", str(ROOT / "configs/split_digits_ewc.yaml"),
-         "train.epochs=1", f"strategy.name={plugin}", "strategy.max_norm=0.5", "--no-progress"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
-        env={**os.environ, "PYTHONPATH": str(ROOT)})
+def test_cli_runs_a_user_strategy_by_file_path_from_the_users_directory(tmp_path):
+    """The user's command, as a user types it, in a fresh process with the user's
+    environment: their own strategy file, in their own directory, loaded by file path
+    inside the Ray workers; the end of the run says where to look."""
+    shutil.copy(ROOT / "strategy_examples" / "clip_strategy.py", tmp_path / "my_clip.py")
+    plugin = "my_clip.py:ClipGrads"
+    out = lifelong("run", str(ROOT / "configs/split_digits_ewc.yaml"), "train.epochs=1",
+                   f"strategy.name={plugin}", "strategy.max_norm=0.5", "--no-progress", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "accuracy matrix" in out.stdout
-    assert "mlflow ui --backend-store-uri sqlite:///mlruns.db" in out.stdout
+    assert "(start it with: lifelong ui)" in out.stdout and "workflowType=machine_learning" in out.stdout
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
     (run_,) = client.search_runs([client.get_experiment_by_name("split-digits").experiment_id])
     assert run_.info.status == "FINISHED"
     assert run_.data.tags["strategy"] == plugin and run_.data.params["strategy.max_norm"] == "0.5"
     assert "strategy.lam" not in run_.data.params
+    assert "train/clipped_params" in run_.data.metrics
 
 
 def test_a_run_lands_in_an_mlflow_server(ray_cluster, mlflow_server, tmp_path, monkeypatch):

@@ -4,10 +4,8 @@ never stopped. Real CLI processes, each with its own embedded Ray (no shared clu
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,9 +15,9 @@ from mlflow.tracking import MlflowClient
 from lifelong.platform.learner import Learner
 from tests.conftest import make_config
 from tests.e2e.test_fault_tolerance import registered_checkpoint, wait_for
+from tests.e2e.user_shell import LIFELONG, user_env
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[2]
 OVERRIDES = ["stream.dataset=digits", "stream.scenario=permuted", "stream.n_tasks=3",
              "stream.setting=domain", "model.hidden=[64,64]", "strategy.name=ewc", "strategy.lam=50",
              "strategy.fisher_samples=300", "optim.name=sgd", "optim.lr=0.05", "optim.momentum=0.9",
@@ -27,8 +25,8 @@ OVERRIDES = ["stream.dataset=digits", "stream.scenario=permuted", "stream.n_task
 
 
 def lifelong(*args: str, cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": ""}
-    return subprocess.Popen([sys.executable, "-m", "lifelong", *args], cwd=cwd, env=env,
+    """The user's command in a fresh process, with the user's environment."""
+    return subprocess.Popen([LIFELONG, *args], cwd=cwd, env=user_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -52,7 +50,7 @@ def test_a_stopped_run_resumes_into_the_same_mlflow_run(tmp_path, monkeypatch):
     second = lifelong("run", "--resume", run_id, "--no-progress", cwd=tmp_path)
     out, _ = second.communicate(timeout=600)
     assert second.returncode == 0, out[-3000:]
-    assert f"resumes {run_id}" in out and "mlflow ui" in out
+    assert f"resumes {run_id}" in out and "lifelong ui" in out
 
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"

@@ -1,6 +1,6 @@
 """A complete user strategy: clip each parameter's gradient to a maximum norm.
 
-    lifelong run configs/split_digits_ewc.yaml strategy.name=examples.clip_strategy:ClipGrads strategy.max_norm=0.5
+    lifelong run configs/split_digits_ewc.yaml strategy.name=strategy_examples.clip_strategy:ClipGrads strategy.max_norm=0.5
 """
 
 from dataclasses import dataclass

@@ -1,1 +1,0 @@
-"""Runnable examples referenced from the README."""
