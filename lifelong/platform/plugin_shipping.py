@@ -25,8 +25,7 @@ def strategy_runtime_env(strategy_name: str) -> Optional[dict[str, Any]]:
     if source is None:
         return None
     # Ray's own upload step for py_modules (what ray.init(runtime_env=...) runs): per-actor
-    # runtime_envs accept URIs only, and the Train controller creates the workers, possibly
-    # on a node without this path. Honours .gitignore, like a job's working_dir.
+    # runtime_envs accept URIs only, and the learners may run on a node without this path. Honours .gitignore, like a job's working_dir.
     from ray._private.runtime_env.py_modules import upload_py_modules_if_needed
 
     include_gitignore = os.environ.get("RAY_RUNTIME_ENV_IGNORE_GITIGNORE", "0") != "1"
