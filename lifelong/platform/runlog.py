@@ -23,6 +23,7 @@ from typing import IO, Any, Optional
 CONSOLE_PREFIX = "lifelong: "
 LOG_DIR = Path(".lifelong/logs")
 RAY_PRINTER = "ray_print_logs"  # the name of Ray's own worker-line handler in the driver
+RUN_LOG = "lifelong_run_log"
 
 
 class ConsoleFormatter(logging.Formatter):
@@ -60,7 +61,7 @@ class RunLog:
         self.console: IO[str] = sys.stderr
         self._handler = logging.StreamHandler(self.file)
         self._root_level = logging.getLogger().level
-        self._ray_printer: Any = None
+        self.stopped = False
         self._console_handler: Optional[logging.Handler] = None
         self._adopted: dict[str, tuple[list[logging.Handler], bool]] = {}
 
@@ -105,29 +106,23 @@ class RunLog:
         prefix = f"({who} pid={data.get('pid')}) "
         for line in data.get("lines", []):
             self.file.write(prefix + line + "\n")
-            if not self.verbose and line.startswith(CONSOLE_PREFIX):
+            if not self.verbose and not self.stopped and line.startswith(CONSOLE_PREFIX):
                 self.console.write(line + "\n")
 
     def capture_ray(self) -> None:
-        """Route Ray's forwarded worker lines through ``worker_lines`` (call after ray.init)."""
+        """Route Ray's forwarded worker lines through ``worker_lines`` (call after ray.init).
+        Lines arrive a moment late, so this stays in place after ``stop()``: whatever a
+        finished run's workers still print goes to its file, not over the summary, until
+        the next run in this process takes over."""
         from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
 
+        replaced = (() if self.verbose else (RAY_PRINTER,)) + (RUN_LOG,)
         with dispatcher._lock:
-            if not self.verbose:
-                self._ray_printer = next((p for p in dispatcher.handlers if p[0] == RAY_PRINTER), None)
-                dispatcher.handlers = [p for p in dispatcher.handlers if p[0] != RAY_PRINTER]
-            dispatcher.handlers = dispatcher.handlers + [("lifelong_run_log", self.worker_lines)]
+            dispatcher.handlers = [p for p in dispatcher.handlers if p[0] not in replaced]
+            dispatcher.handlers.append((RUN_LOG, self.worker_lines))
 
     def stop(self) -> None:
-        try:
-            from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
-
-            with dispatcher._lock:
-                dispatcher.handlers = [p for p in dispatcher.handlers if p[0] != "lifelong_run_log"]
-                if self._ray_printer is not None:
-                    dispatcher.handlers = dispatcher.handlers + [self._ray_printer]
-        except ImportError:
-            pass
+        self.stopped = True
         for name, (handlers, propagate) in self._adopted.items():
             logging.getLogger(name).handlers, logging.getLogger(name).propagate = handlers, propagate
         self._adopted.clear()

@@ -118,14 +118,19 @@ def fit(fn: WorkerFn, payload: dict, placement: Placement, max_failures: int,
 
 
 def lifelong_cause(err: BaseException) -> Optional[LifelongError]:
-    """The ``LifelongError`` a rank raised, under Ray's wrapping, if that is what failed."""
+    """The ``LifelongError`` a rank raised, under Ray's wrapping, if that is what failed.
+    (Ray's wrapper also subclasses the error's type, but its message is the traceback.)"""
     seen: set[int] = set()
     node: Optional[BaseException] = err
     while node is not None and id(node) not in seen:
         seen.add(id(node))
+        inner = getattr(node, "cause", None)
+        if isinstance(inner, BaseException):
+            node = inner
+            continue
         if isinstance(node, LifelongError):
             return node
-        node = getattr(node, "cause", None) or node.__cause__
+        node = node.__cause__
     return None
 
 
