@@ -167,7 +167,7 @@ class Learner:
             at_end = self.probed if self.probed_at == self.result.steps else self.run_probe()
         self.strategy.on_task_end(task, self.feed.train_rows(task.index))
         n_tasks, every = len(self.spec.tasks), self.cfg.eval.every
-        evaluated = eval_due(task.index, n_tasks, every)
+        evaluated = due_after(task.index, n_tasks, every)
         self.result.R.append(self.evaluate_row(task.index) if evaluated else [math.nan] * n_tasks)
         correct, seen = self.ctx.reduce(self.online_counts).cpu().tolist()
         self.result.online.append(correct / max(seen, 1.0))
@@ -247,8 +247,8 @@ class Learner:
             self.progress(event)
 
 
-def eval_due(task: int, n_tasks: int, every: int) -> bool:
-    """Evaluate after this task? After every ``every``-th task, and always after the last."""
+def due_after(task: int, n_tasks: int, every: int) -> bool:
+    """Evaluate (or checkpoint) after this task? After every ``every``-th, and always after the last."""
     return (task + 1) % every == 0 or task + 1 == n_tasks
 
 

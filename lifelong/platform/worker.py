@@ -1,6 +1,7 @@
 """The function every Ray Train worker runs: rebuild the config, run a ``Learner``.
 
-Checkpoint and resume live here: at every task boundary the learner's state is captured
+Checkpoint and resume live here: at every ``engine.checkpoint_every``-th task boundary
+(and after the last task) the learner's state is captured
 (collectively) and rank 0's copy is reported to Ray Train, which persists it. A worker
 group that Ray Train restarts after a failure (``engine.max_failures``), or a run resumed
 with ``lifelong run --resume``, starts from the latest one. An error that would only
@@ -68,7 +69,7 @@ def _train(payload: dict[str, Any]) -> None:
         if tracker is not None:
             tracker.metrics({"fault/resumed_from_task": state["next_task"]}, step=learner.result.steps,
                             flush=True)
-    learner.at_boundary = _report_checkpoint(rank)
+    learner.at_boundary = _report_checkpoint(rank, cfg.engine.checkpoint_every)
     built = time.time()
     result = learner.run()
     if tracker is not None:
@@ -81,14 +82,18 @@ def _train(payload: dict[str, Any]) -> None:
         tracker.close()  # delivers anything spooled while the server was down, or says where it is
 
 
-def _report_checkpoint(rank: int) -> Callable[[Any], None]:
-    """At a task boundary: capture on every rank (collective), rank 0 writes, all report
-    (Ray Train's report is a barrier and persists rank 0's directory)."""
+def _report_checkpoint(rank: int, every: int = 1) -> Callable[[Any], None]:
+    """At every ``every``-th task boundary and the last: capture on every rank (collective),
+    rank 0 writes, all report (Ray Train's report is a barrier and persists rank 0's
+    directory). A restart or ``--resume`` goes back to the latest one."""
     import ray.train
 
     from lifelong.platform import checkpoint
+    from lifelong.platform.learner import due_after
 
     def at_boundary(learner: Any) -> None:
+        if not due_after(len(learner.result.R) - 1, len(learner.spec.tasks), every):
+            return
         state = checkpoint.capture(learner)
         with tempfile.TemporaryDirectory() as tmp:
             saved = None
