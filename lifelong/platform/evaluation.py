@@ -30,7 +30,7 @@ FETCH_GROUP = 32  # test shards per request to the stream
 Logits = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (float rows, task ids) -> logits
 
 
-class TestSets:
+class EvalSets:
     """This worker's shards of every task's test set, featurised once, evaluated together."""
 
     def __init__(self, feed: Feed, featurize: Featurizer, batch_size: int, rank: int, world_size: int,

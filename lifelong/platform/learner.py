@@ -24,7 +24,7 @@ from lifelong.platform.config import RunConfig
 from lifelong.platform.context import PlatformContext
 from lifelong.platform.engine import build_engine, optimizer_state_bytes
 from lifelong.platform.errors import TrainingError
-from lifelong.platform.evaluation import TestSets
+from lifelong.platform.evaluation import EvalSets
 from lifelong.platform.model import build_model, mask_logits
 from lifelong.platform.probes import PlasticityProbe, probe_rows
 from lifelong.platform.tracking import Tracker
@@ -88,7 +88,7 @@ class Learner:
                       if cfg.probes.enabled else None)
         self.probe_batch: Optional[Batch] = None
         self.probed_at, self.probed = -1, {}  # the last probe's step and (rank 0's) measures
-        self.tests = TestSets(feed, self.featurize, cfg.train.eval_batch_size, rank, world_size,
+        self.tests = EvalSets(feed, self.featurize, cfg.train.eval_batch_size, rank, world_size,
                               self.device)
         self.result = LearnerResult()
         self.task_step = 0
