@@ -7,6 +7,12 @@ Variants, as libraries disagree:
 - ACC, BWT, FWT: Lopez-Paz & Ranzato (GEM, 2017).
 - forgetting: Chaudhry et al. (RWalk, 2018), the max over *earlier* rows.
 A summary that is undefined so far (BWT after one task) is ``None``, never 0.
+
+Entries that were not evaluated are NaN (``eval.tasks=seen``: tasks not trained yet;
+``eval.every=k``: whole rows between evaluations). Summaries use the entries they have:
+BWT and forgetting average over the earlier tasks whose needed entries were evaluated,
+and FWT, which needs every task evaluated before it is trained, is ``None`` without them.
+The last row must be evaluated (a run always evaluates after its last task).
 """
 
 from __future__ import annotations
@@ -18,11 +24,11 @@ import numpy as np
 Matrix = Sequence[Sequence[float]] | np.ndarray
 
 
-def average_accuracy(R: Matrix) -> float:
+def average_accuracy(R: Matrix) -> Optional[float]:
     """ACC = mean_{j<=i} R[i][j]."""
     R = np.asarray(R, dtype=float)
     i = len(R) - 1
-    return float(R[i, : i + 1].mean())
+    return _mean(R[i, : i + 1])
 
 
 def backward_transfer(R: Matrix) -> Optional[float]:
@@ -31,7 +37,7 @@ def backward_transfer(R: Matrix) -> Optional[float]:
     i = len(R) - 1
     if i < 1:
         return None
-    return float(np.mean([R[i, j] - R[j, j] for j in range(i)]))
+    return _mean(R[i, :i] - np.diag(R)[:i])
 
 
 def forward_transfer(R: Matrix, b: Sequence[float]) -> Optional[float]:
@@ -40,7 +46,8 @@ def forward_transfer(R: Matrix, b: Sequence[float]) -> Optional[float]:
     i = len(R) - 1
     if i < 1:
         return None
-    return float(np.mean([R[j - 1, j] - b[j] for j in range(1, i + 1)]))
+    gains = np.array([R[j - 1, j] - b[j] for j in range(1, i + 1)])
+    return None if np.isnan(gains).any() else float(gains.mean())
 
 
 def forgetting(R: Matrix) -> Optional[float]:
@@ -49,7 +56,17 @@ def forgetting(R: Matrix) -> Optional[float]:
     i = len(R) - 1
     if i < 1:
         return None
-    return float(np.mean([R[:i, j].max() - R[i, j] for j in range(i)]))
+    earlier = R[:i, :i]
+    known = ~np.isnan(earlier).all(axis=0)  # task j was evaluated at some earlier row
+    best = np.full(i, np.nan)
+    best[known] = np.nanmax(earlier[:, known], axis=0)
+    return _mean(best - R[i, :i])
+
+
+def _mean(values: np.ndarray) -> Optional[float]:
+    """The mean of the evaluated (non-NaN) values; None if there are none."""
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if len(values) else None
 
 
 def summarize(R: Matrix, b: Sequence[float]) -> dict[str, float]:

@@ -8,7 +8,6 @@ import sys
 from typing import Optional, Sequence
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from lifelong.platform.errors import ConfigError, LifelongError
@@ -113,7 +112,9 @@ def _run(args: argparse.Namespace) -> int:
         cfg = load_config(args.args[0], args.args[1:])
         outcome = run(cfg, console=console, progress=not args.no_progress, verbose=args.verbose,
                       redirect_fd=True)
-    console.print(_summary(outcome.R, outcome.init))
+    from lifelong.platform import summary
+
+    console.print(summary.render(outcome.R, outcome.init, console.width))
     from lifelong.metrics import summarize
 
     if outcome.R:
@@ -132,17 +133,6 @@ def _submit(args: argparse.Namespace) -> int:
 
     status = submit(args.config, args.overrides, args.address, follow=not args.no_follow)
     return 0 if args.no_follow or status == "SUCCEEDED" else 1
-
-
-def _summary(R: list[list[float]], init: list[float]) -> Table:
-    table = Table(title=escape("accuracy matrix R[i][j] (row: after task i; column: task j)"))
-    table.add_column("after", justify="right")
-    for j in range(len(init)):
-        table.add_column(f"task {j}", justify="right")
-    table.add_row("init", *(f"{a:.3f}" for a in init), style="dim")
-    for i, row in enumerate(R):
-        table.add_row(str(i), *(f"[bold]{a:.3f}[/]" if i == j else f"{a:.3f}" for j, a in enumerate(row)))
-    return table
 
 
 def _ui(args: argparse.Namespace) -> int:

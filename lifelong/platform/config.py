@@ -70,7 +70,16 @@ class EngineConfig:
     backend: str = "deepspeed"  # deepspeed | torch (plain, unsharded reference)
     cpus_per_worker: Optional[int] = None  # None = share this machine's cores evenly
     max_failures: int = 2  # worker-group restarts from the last task boundary (Ray Train)
+    checkpoint_every: int = 1  # tasks between checkpoints (always after the last); resume goes back to the latest
     storage_path: Optional[str] = None  # checkpoints; None = ./.lifelong/ray; shared FS or s3:// on clusters
+
+
+@dataclass
+class EvalConfig:
+    """Which test sets a task boundary evaluates, and after which tasks."""
+
+    tasks: str = "all"  # all (future tasks too: FWT is defined) | seen (tasks trained so far)
+    every: int = 1  # evaluate after every k-th task, and always after the last
 
 
 @dataclass
@@ -100,6 +109,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     probes: ProbeConfig = field(default_factory=ProbeConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     seed: int = 0
@@ -110,6 +120,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "optim.name": ("sgd", "adam"),
     "stream.setting": ("task", "domain", "class"),
     "engine.backend": ("deepspeed", "torch"),
+    "eval.tasks": ("all", "seen"),
 }
 
 
@@ -229,7 +240,8 @@ def _check_values(cfg: RunConfig) -> None:
         if flat[key] not in allowed:
             raise ConfigError(f"{key}: {flat[key]!r} is not one of {', '.join(allowed)}")
     positive = ["stream.n_tasks", "train.epochs", "train.batch_size", "train.eval_batch_size",
-                "train.log_every", "engine.workers", "stream.chunk_batches", "stream.prefetch"]
+                "train.log_every", "engine.workers", "stream.chunk_batches", "stream.prefetch",
+                "eval.every", "engine.checkpoint_every"]
     for key in positive:
         require(int(flat[key]) >= 1, key, f"must be >= 1, got {flat[key]}")
     require(cfg.engine.zero_stage in (0, 1, 2, 3), "engine.zero_stage",

@@ -2,14 +2,17 @@
 
 Runs inside a Ray Train worker (``worker.py``), fed by the stream actor, and, for fast
 tests and the plain reference, in-process from a local feed. The stream says where each
-task starts and ends; at each end the learner calls the strategy, evaluates every task's
-test set (sharded across workers, counts all-reduced, so the row is the same at any world
-size), and rank 0 hands the new accuracy-matrix row to the tracker.
+task starts and ends; at each end the learner calls the strategy, evaluates the test sets
+``eval`` asks for (``evaluation.py``: sharded across workers, counts all-reduced, so the row
+is the same at any world size), and rank 0 hands the new accuracy-matrix row to the tracker.
+A row that was not evaluated (``eval.every``) is all NaN; with ``eval.tasks=seen`` the
+entries of tasks not trained yet are NaN.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -21,6 +24,7 @@ from lifelong.platform.config import RunConfig
 from lifelong.platform.context import PlatformContext
 from lifelong.platform.engine import build_engine, optimizer_state_bytes
 from lifelong.platform.errors import TrainingError
+from lifelong.platform.evaluation import EvalSets
 from lifelong.platform.model import build_model, mask_logits
 from lifelong.platform.probes import PlasticityProbe, probe_rows
 from lifelong.platform.tracking import Tracker
@@ -83,6 +87,9 @@ class Learner:
         self.probe = (PlasticityProbe(skeleton, self.masks, cfg.probes.dormant_tau)
                       if cfg.probes.enabled else None)
         self.probe_batch: Optional[Batch] = None
+        self.probed_at, self.probed = -1, {}  # the last probe's step and (rank 0's) measures
+        self.tests = EvalSets(feed, self.featurize, cfg.train.eval_batch_size, rank, world_size,
+                              self.device)
         self.result = LearnerResult()
         self.task_step = 0
         self.online_counts = torch.zeros(2, dtype=torch.float64, device=self.device)  # correct, seen
@@ -92,7 +99,7 @@ class Learner:
     def run(self) -> LearnerResult:
         """Train from the first task not in ``result.R`` (all of them, unless resumed)."""
         if not self.result.init:
-            self.result.init = self.evaluate_all()
+            self.result.init = self.evaluate_all()  # every task, whatever eval.tasks says
         self._emit(kind="start", n_tasks=len(self.spec.tasks), epochs=self.cfg.train.epochs,
                    done=len(self.result.R))
         started, boundaries, waited = time.perf_counter(), self.result.boundary_seconds, self.feed.wait_seconds
@@ -155,18 +162,23 @@ class Learner:
     def task_end(self, event: TaskEnd) -> None:
         started = time.perf_counter()
         task = event.task
-        at_end = self.run_probe() if self.probe is not None else {}
+        at_end = {}
+        if self.probe is not None:  # a periodic probe at this very step is this one too
+            at_end = self.probed if self.probed_at == self.result.steps else self.run_probe()
         self.strategy.on_task_end(task, self.feed.train_rows(task.index))
-        self.result.R.append(self.evaluate_all())
+        n_tasks, every = len(self.spec.tasks), self.cfg.eval.every
+        evaluated = due_after(task.index, n_tasks, every)
+        self.result.R.append(self.evaluate_row(task.index) if evaluated else [math.nan] * n_tasks)
         correct, seen = self.ctx.reduce(self.online_counts).cpu().tolist()
         self.result.online.append(correct / max(seen, 1.0))
         if self.tracker is not None:
             self.tracker.metrics({"acc/online": self.result.online[-1],
                                   **{k.replace("plasticity/", "plasticity_at_task_end/", 1): v
                                      for k, v in at_end.items()}}, step=task.index)
-            render = plots_due(task.index, len(self.spec.tasks))
-            self.tracker.task_end(self.result.R, self.result.init, self.spec.name, self.result.online,
-                                  render)
+            render = evaluated and plots_due(task.index // every, -(-n_tasks // every))
+            if evaluated:
+                self.tracker.task_end(self.result.R, self.result.init, self.spec.name,
+                                      self.result.online, render)
             if self.probe is not None and render:
                 self.tracker.plasticity(self.result.probes, self.result.task_starts, self.spec.name)
         self._emit(kind="row", task=task.index, row=self.result.R[-1])
@@ -206,28 +218,38 @@ class Learner:
             self.result.probes.append((self.result.steps, values))
             if self.tracker is not None:
                 self.tracker.metrics(values, step=self.result.steps)
+        self.probed_at, self.probed = self.result.steps, values
         self.result.probe_seconds += time.perf_counter() - started
         return values
 
     # -- evaluation ------------------------------------------------------------------------------
-    @torch.no_grad()
     def evaluate_all(self) -> list[float]:
         """Accuracy on every task's test set; the same on any number of workers."""
+        return self.evaluate(len(self.spec.tasks))
+
+    def evaluate_row(self, task: int) -> list[float]:
+        """The accuracy-matrix row after ``task``: every task (``eval.tasks=all``) or the tasks
+        trained so far, NaN for the rest (``seen``)."""
+        n_tasks = len(self.spec.tasks)
+        upto = n_tasks if self.cfg.eval.tasks == "all" else task + 1
+        return self.evaluate(upto) + [math.nan] * (n_tasks - upto)
+
+    @torch.no_grad()
+    def evaluate(self, upto: int) -> list[float]:
+        """Accuracy on tasks [0, upto), in batches that mix tasks (``evaluation.py``). Collective:
+        every rank runs the same number of forwards (ZeRO-3 gathers parameters inside them)."""
         self.engine.module.eval()
-        counts = torch.zeros(len(self.spec.tasks), 2, dtype=torch.float64)
-        for task in self.spec.tasks:
-            for rows in self.feed.test_slices(task.index):
-                # Empty shards still run forward: under ZeRO-3 it gathers parameters collectively.
-                batch = self.featurize(rows).to(self.device)
-                logits = mask_logits(self.engine(batch.x), batch.task, self.masks)
-                counts[task.index, 0] += (logits.argmax(1) == batch.y).sum().item()
-                counts[task.index, 1] += len(batch)
-        counts = self.ctx.reduce(counts)
-        return (counts[:, 0] / counts[:, 1].clamp(min=1)).tolist()
+        return self.tests.accuracies(lambda x, task: mask_logits(self.engine(x), task, self.masks),
+                                     upto, self.ctx.reduce)
 
     def _emit(self, **event) -> None:  # type: ignore[no-untyped-def]
         if self.progress is not None:
             self.progress(event)
+
+
+def due_after(task: int, n_tasks: int, every: int) -> bool:
+    """Evaluate (or checkpoint) after this task? After every ``every``-th, and always after the last."""
+    return (task + 1) % every == 0 or task + 1 == n_tasks
 
 
 def plots_due(task: int, n_tasks: int, renders: int = PLOT_RENDERS) -> bool:

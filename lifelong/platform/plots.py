@@ -1,4 +1,7 @@
-"""Pictures people would rather look at than read: accuracy heatmap and curves, plasticity probes."""
+"""Pictures people would rather look at than read: accuracy heatmap and curves, plasticity probes.
+
+Entries of R that were not evaluated (NaN: ``eval.tasks=seen``, ``eval.every``) are grey
+cells in the heatmap and left out of the curves, which join the evaluated points."""
 
 from __future__ import annotations
 
@@ -22,10 +25,13 @@ def accuracy_heatmap(R: Sequence[Sequence[float]], title: str = "") -> Figure:
     rows, cols = R.shape
     scale = min(1.0, ANNOTATE_UP_TO / max(cols, 1))
     fig, ax = plt.subplots(figsize=(1.0 + 0.7 * cols * scale, 1.0 + 0.6 * rows * scale), dpi=110)
-    image = ax.imshow(R, vmin=0.0, vmax=1.0, cmap="viridis")
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.85")  # not evaluated: grey
+    image = ax.imshow(R, vmin=0.0, vmax=1.0, cmap=cmap)
     if cols <= ANNOTATE_UP_TO:  # beyond that, numbers would be unreadable: colours only
         for i in range(rows):
             for j in range(cols):
+                if np.isnan(R[i, j]):
+                    continue
                 ax.text(j, i, f"{R[i, j]:.2f}", ha="center", va="center", fontsize=8,
                         color="white" if R[i, j] < 0.6 else "black")
         ax.set_xticks(range(cols))
@@ -44,8 +50,10 @@ def new_task_accuracy(R: Sequence[Sequence[float]], online: Sequence[float], tit
     on task i's training batches before each update."""
     R = np.asarray(R, dtype=float)
     tasks = np.arange(len(R))
+    diagonal = np.diag(R) if len(R) else np.zeros(0)
+    shown = ~np.isnan(diagonal)
     fig, ax = plt.subplots(figsize=(6.5, 3.8), dpi=110)
-    ax.plot(tasks, np.diag(R) if len(R) else [], marker="o", markersize=3, label="test, after training it")
+    ax.plot(tasks[shown], diagonal[shown], marker="o", markersize=3, label="test, after training it")
     if len(online):
         ax.plot(tasks[:len(online)], online, marker=".", markersize=3, alpha=0.8,
                 label="online, while training it")
@@ -67,8 +75,11 @@ def accuracy_over_time(R: Sequence[Sequence[float]], init: Sequence[float], titl
     shown = np.unique(np.linspace(0, cols - 1, min(cols, ANNOTATE_UP_TO)).round().astype(int))
     for j in shown:  # on long streams, an evenly spaced selection of tasks
         series = np.concatenate([[init[j]], R[:, j]])
-        line, = ax.plot(xs[: j + 2], series[: j + 2], linestyle="--", alpha=0.5)
-        ax.plot(xs[j + 1:], series[j + 1:], marker="o", color=line.get_color(), label=f"task {j}")
+        known = ~np.isnan(series)
+        before, after = known.copy(), known.copy()
+        before[j + 2:], after[: j + 1] = False, False
+        line, = ax.plot(xs[before], series[before], linestyle="--", alpha=0.5)
+        ax.plot(xs[after], series[after], marker="o", color=line.get_color(), label=f"task {j}")
     if rows <= ANNOTATE_UP_TO:
         ax.set_xticks(xs, ["init"] + [str(i) for i in range(rows)])
     ax.set_xlabel("after training task")

@@ -3,8 +3,10 @@
 The data set is loaded once, in the actor, instead of once per worker. Each worker pulls
 its own slices in chunks of ``stream.chunk_batches`` plan positions and keeps at most
 ``stream.prefetch`` chunks in flight: the actor produces a chunk only when a worker asks
-for it (backpressure), so memory stays flat however long the stream. Task boundaries
-are events inside the stream (``streams/feed.py``). Workers time how long they sit blocked
+for it (backpressure), so memory stays flat however long the stream. A chunk travels as
+three contiguous numpy arrays (``feed.Chunk``), which Ray's object store hands to the
+worker without a copy or a per-batch unpickle. Task boundaries are events inside the
+stream (``streams/feed.py``). Workers time how long they sit blocked
 on the stream; the learner logs it as ``stream/wait_fraction``.
 """
 
@@ -19,7 +21,7 @@ import torch
 
 from lifelong.platform.config import RunConfig
 from lifelong.streams.batches import Samples
-from lifelong.streams.feed import Event, StreamServer
+from lifelong.streams.feed import Chunk, Event, StreamServer
 from lifelong.streams.registry import build_stream
 from lifelong.streams.scenarios import StreamSpec
 
@@ -33,34 +35,23 @@ class StreamActor:
         self.server = StreamServer(build_stream(cfg.stream, cfg.seed), cfg.train.batch_size,
                                    cfg.train.epochs, cfg.seed, strategy.train_on)
         self.chunks_served = 0
-        self.fatal: Exception | None = None
 
     def describe(self) -> tuple[StreamSpec, list[int], int]:
         """The spec, where each task starts in the plan, and the plan's length."""
         return self.server.spec, self.server.task_starts, len(self.server)
 
-    def chunk(self, start: int, count: int, rank: int, world_size: int) -> list[Event]:
+    def chunk(self, start: int, count: int, rank: int, world_size: int) -> Chunk:
         self.chunks_served += 1
-        return self.server.chunk(start, count, rank, world_size)
+        return self.server.packed(start, count, rank, world_size)
 
-    def test_slices(self, task: int, batch_size: int, rank: int, world_size: int) -> list[Samples]:
-        return self.server.test_slices(task, batch_size, rank, world_size)
+    def test_shards(self, tasks: list[int], rank: int, world_size: int) -> list[Samples]:
+        return [self.server.test_shard(t, rank, world_size) for t in tasks]
 
     def rows(self, task: int, idx: torch.Tensor) -> Samples:
         return self.server.rows(task, idx)
 
     def served(self) -> int:
         return self.chunks_served
-
-    # The run's one long-lived actor also remembers an error that a restart would only repeat.
-    def abort(self, err: Exception) -> None:
-        self.fatal = self.fatal or err
-
-    def aborted(self) -> Exception | None:
-        return self.fatal
-
-
-TEST_CACHE_BYTES = 512 * 2**20  # test-set shards a worker keeps instead of fetching again
 
 
 class RemoteFeed:
@@ -73,8 +64,6 @@ class RemoteFeed:
         self.chunk_batches, self.prefetch = chunk_batches, prefetch
         self.spec, self.task_starts, self.length = ray.get(actor.describe.remote())
         self.wait_seconds = 0.0
-        self._tests: dict[int, list[Samples]] = {}
-        self._test_bytes = 0
 
     def events(self, start_task: int = 0) -> Iterator[Event]:
         start = self.task_starts[start_task] if start_task < len(self.task_starts) else self.length
@@ -91,22 +80,15 @@ class RemoteFeed:
             ask()
         while in_flight:
             started = time.perf_counter()
-            events = ray.get(in_flight.popleft())
+            events = ray.get(in_flight.popleft()).events()
             self.wait_seconds += time.perf_counter() - started
             ask()  # keep `prefetch` chunks coming while this one is consumed
             yield from events
 
-    def test_slices(self, task: int) -> Iterator[Samples]:
-        """This worker's shard of a test set; kept after the first fetch (every boundary
-        evaluates every task) while the kept shards stay under ``TEST_CACHE_BYTES``."""
-        if task in self._tests:
-            return iter(self._tests[task])
-        slices = ray.get(self.actor.test_slices.remote(task, self.eval_batch_size, self.rank,
-                                                       self.world_size))
-        size = sum(s.x.numel() * s.x.element_size() for s in slices)
-        if self._test_bytes + size <= TEST_CACHE_BYTES:
-            self._tests[task], self._test_bytes = slices, self._test_bytes + size
-        return iter(slices)
+    def test_shards(self, tasks: list[int]) -> list[Samples]:
+        """This worker's shards of these test sets, in one round trip (the learner keeps
+        them, featurised: ``platform/evaluation.py``)."""
+        return ray.get(self.actor.test_shards.remote(list(tasks), self.rank, self.world_size))
 
     def train_rows(self, task: int) -> "RemoteRows":
         return RemoteRows(self.actor, task, self.spec.tasks[task].n_train)

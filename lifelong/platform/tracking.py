@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import subprocess
 import tempfile
 import time
@@ -95,23 +96,26 @@ class Tracker:
 
     def task_end(self, R: Sequence[Sequence[float]], init: Sequence[float], stream: str,
                  online: Sequence[float] = (), render: bool = True) -> None:
-        """After training task i = len(R)-1: per-task accuracies, summaries, the matrix, and
-        (if ``render``) the pictures."""
+        """After training task i = len(R)-1: per-task accuracies and summaries, in one
+        ``log_batch`` with whatever else is pending (the matrix row is hundreds of metrics on
+        long streams); then the matrix and the pictures (if ``render``). Entries that were
+        not evaluated (NaN, see ``learner.py``) are not logged."""
         i = len(R) - 1
-        values = {f"acc/task_{j}": acc for j, acc in enumerate(R[i])}
+        now = int(time.time() * 1000)
+        values = {f"acc/task_{j}": acc for j, acc in enumerate(R[i]) if not math.isnan(acc)}
         values.update({f"cl/{k}": v for k, v in summarize(R, init).items()})
-        values["acc/new_task"] = R[i][i]
+        if not math.isnan(R[i][i]):
+            values["acc/new_task"] = R[i][i]
         if i == 0:
-            self.metrics({f"init_acc/task_{j}": a for j, a in enumerate(init)}, step=0)
-        self.metrics(values, step=i, flush=True)
+            self._pending += [Metric(f"init_acc/task_{j}", float(a), now, 0) for j, a in enumerate(init)]
+        self._pending += [Metric(k, float(v), now, i) for k, v in values.items()]
+        self.flush()
+        if not render:  # long streams: the matrix goes with the pictures, a few dozen times a run
+            return
         with tempfile.TemporaryDirectory() as tmp:
             matrix = Path(tmp) / MATRIX_ARTIFACT
-            matrix.write_text(json.dumps({"R": [list(r) for r in R], "init": list(init),
-                                          "definition": "R[i][j] = test accuracy on task j "
-                                                        "after training task i"}, indent=2))
+            matrix.write_text(matrix_json(R, init))
             self._send_artifact(matrix, None)
-            if not render:
-                return
             figures = [("accuracy_heatmap.png", plots.accuracy_heatmap(R, stream)),
                        ("accuracy_over_time.png", plots.accuracy_over_time(R, init, stream)),
                        ("new_task_accuracy.png", plots.new_task_accuracy(R, online, stream))]
@@ -219,15 +223,27 @@ def deliver_spool(uri: str, spool_dir: str | Path) -> bool:
     return done
 
 
+def matrix_json(R: Sequence[Sequence[float]], init: Sequence[float]) -> str:
+    """The matrix artifact: one row a line; an entry not evaluated (NaN) is ``null``."""
+    def dump(row: Sequence[float]) -> str:
+        return json.dumps([None if math.isnan(a) else a for a in row])
+
+    rows = ",\n  ".join(dump(row) for row in R)
+    return (f'{{"definition": "R[i][j] = test accuracy on task j after training task i; '
+            f'null = not evaluated",\n "init": {dump(init)},\n "R": [\n  {rows}]}}\n')
+
+
 def read_matrix(uri: str, run_id: str) -> Optional[dict]:
-    """The latest accuracy matrix a run recorded, or None."""
+    """The latest accuracy matrix a run recorded (``null`` entries as NaN), or None."""
     client = MlflowClient(uri)
     try:
         with http_limits(retries=2):
             path = client.download_artifacts(run_id, MATRIX_ARTIFACT)
     except Exception:
         return None
-    return json.loads(Path(path).read_text())
+    matrix = json.loads(Path(path).read_text())
+    matrix["R"] = [[math.nan if a is None else a for a in row] for row in matrix["R"]]
+    return matrix
 
 
 def _git_commit() -> str:

@@ -1,8 +1,9 @@
 """The function every learner process runs (``worker_group.py``): build a ``Learner`` and
 follow the stream, checkpointing at task boundaries.
 
-At every boundary the learner's state is captured (collectively) and rank 0 writes it
-to the run's ``CheckpointStore`` in the background. A group restarted after a failure
+At every ``engine.checkpoint_every``-th task boundary (and after the last task) the
+learner's state is captured (collectively) and rank 0 writes it to the run's
+``CheckpointStore`` in the background. A group restarted after a failure
 (``engine.max_failures``), or a run resumed with ``lifelong run --resume``, starts from the
 latest complete checkpoint.
 """
@@ -49,7 +50,7 @@ def train_loop_per_worker(rank: int, world_size: int, payload: dict[str, Any]) -
         if tracker is not None:
             tracker.metrics({"fault/resumed_from_task": state["next_task"]}, step=learner.result.steps,
                             flush=True)
-    learner.at_boundary = _checkpoint_at_boundary(rank, store)
+    learner.at_boundary = _checkpoint_at_boundary(rank, store, cfg.engine.checkpoint_every)
     built = time.time()
     result = learner.run()
     store.close()  # the last boundary's checkpoint is on disk before the run counts as done
@@ -63,11 +64,15 @@ def train_loop_per_worker(rank: int, world_size: int, payload: dict[str, Any]) -
         tracker.close()  # delivers anything spooled while the server was down, or says where it is
 
 
-def _checkpoint_at_boundary(rank: int, store: CheckpointStore) -> Callable[[Any], None]:
-    """At a task boundary: capture on every rank (collective); rank 0 writes it."""
+def _checkpoint_at_boundary(rank: int, store: CheckpointStore, every: int = 1) -> Callable[[Any], None]:
+    """At every ``every``-th task boundary and the last: capture on every rank (collective);
+    rank 0 writes it."""
     from lifelong.platform import checkpoint
+    from lifelong.platform.learner import due_after
 
     def at_boundary(learner: Any) -> None:
+        if not due_after(len(learner.result.R) - 1, len(learner.spec.tasks), every):
+            return
         state = checkpoint.capture(learner)
         if rank == 0:
             store.save(state)

@@ -86,20 +86,28 @@ class Featurizer:
         self.permutations = list(stream.permutations)
 
     def __call__(self, samples: Samples) -> Batch:
+        return Batch(self.normalise(self.permute(samples).x), samples.y, samples.task)
+
+    def permute(self, samples: Samples) -> Samples:
+        """The raw rows in their tasks' pixel orders, still uint8 (what evaluation caches)."""
         x, task = samples.x, samples.task
         if len(samples) and any(p is not None for p in self.permutations):
             first = int(task[0])
             if bool((task == first).all()):  # the common case: one task per batch
                 perm = self.permutations[first]
-                x = x if perm is None else x[:, perm]
+                x = x if perm is None else x[:, perm.to(x.device)]
             else:
                 x = x.clone()
                 for t in task.unique().tolist():
                     perm = self.permutations[t]
                     if perm is not None:
                         rows = task == t
-                        x[rows] = x[rows][:, perm]
-        return Batch(x.float().mul_(self.scale).sub_(self.shift), samples.y, task)
+                        x[rows] = x[rows][:, perm.to(x.device)]
+        return Samples(x, samples.y, task)
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 rows (already permuted) -> the float rows the model sees."""
+        return x.float().mul_(self.scale).sub_(self.shift)
 
 
 def train_batches(data: Rows, featurize: Featurizer, batch_size: int, seed: int,

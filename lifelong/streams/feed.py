@@ -14,11 +14,13 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+import warnings
 from typing import Callable, Iterator, Protocol, Sequence, Union
 
+import numpy as np
 import torch
 
-from lifelong.streams.batches import Rows, Samples, epoch_order, epoch_seed, eval_slices, n_batches, train_slice
+from lifelong.streams.batches import Rows, Samples, epoch_order, epoch_seed, n_batches, train_slice
 from lifelong.streams.scenarios import StreamSpec, TaskInfo, TaskStream
 
 TrainOn = Callable[[int], Sequence[int]]
@@ -43,6 +45,40 @@ class TaskEnd:
 
 
 Event = Union[TaskStart, TrainRows, TaskEnd]
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A stretch of the plan as one rank sees it, packed for transport: the rows of all its
+    batches in three contiguous numpy arrays (which Ray's object store hands to the worker
+    zero-copy, instead of pickling a few tensors per batch) and a small index of events."""
+
+    items: list[tuple[int, ...]]  # (0, task) start | (1, task, epoch, first_row) batch | (2, task) end
+    x: np.ndarray  # uint8 [rows, D], every batch's rows back to back
+    y: np.ndarray  # int64 [rows]
+    task: np.ndarray  # int64 [rows]
+    infos: dict[int, tuple[TaskInfo, int]]  # task -> (info, steps), for the starts and ends
+
+    def events(self) -> list[Event]:
+        """Unpack: each batch's rows are views of the chunk's arrays (no copy)."""
+        with warnings.catch_warnings():  # Ray's zero-copy arrays are read-only; nothing writes rows
+            warnings.simplefilter("ignore", UserWarning)
+            x, y, task = (torch.from_numpy(a) for a in (self.x, self.y, self.task))
+        out: list[Event] = []
+        bounds = [item[3] for item in self.items if item[0] == 1] + [len(y)]
+        b = 0
+        for item in self.items:
+            kind, t = item[0], item[1]
+            info, steps = self.infos[t]
+            if kind == 0:
+                out.append(TaskStart(info, steps))
+            elif kind == 2:
+                out.append(TaskEnd(info))
+            else:
+                start, stop = bounds[b], bounds[b + 1]
+                b += 1
+                out.append(TrainRows(t, item[2], Samples(x[start:stop], y[start:stop], task[start:stop])))
+        return out
 
 
 class StreamServer:
@@ -76,28 +112,49 @@ class StreamServer:
 
     def chunk(self, start: int, count: int, rank: int, world_size: int) -> list[Event]:
         """Plan positions [start, start + count) as this rank sees them."""
-        return [self._event(item, rank, world_size) for item in self.plan[start:start + count]]
+        return self.packed(start, count, rank, world_size).events()
 
-    def test_slices(self, task: int, batch_size: int, rank: int, world_size: int) -> list[Samples]:
-        """This rank's batches of ``task``'s test set (the same count on every rank)."""
-        return list(eval_slices(Samples.of(self.stream.tasks[task], "test"), batch_size, rank, world_size))
+    def packed(self, start: int, count: int, rank: int, world_size: int) -> Chunk:
+        """Plan positions [start, start + count) as this rank sees them, packed: the rows of
+        consecutive batches of one task come from one gather of its training set."""
+        items: list[tuple[int, ...]] = []
+        infos: dict[int, tuple[TaskInfo, int]] = {}
+        parts: list[Samples] = []
+        runs: list[tuple[int, list[torch.Tensor]]] = []  # (task, row indices of each batch)
+        rows = 0
+        for item in self.plan[start:start + count]:
+            kind, t = item[0], item[1]
+            infos[t] = (self.spec.tasks[t], self.steps[t])
+            if kind != 1:
+                items.append(item)
+                continue
+            epoch, b = item[2], item[3]
+            idx = train_slice(self._order(t, epoch, len(self.training_set(t))), b, self.batch_size,
+                              rank, world_size)
+            if not runs or runs[-1][0] != t:
+                runs.append((t, []))
+            runs[-1][1].append(idx)
+            items.append((1, t, epoch, rows))
+            rows += len(idx)
+        for t, slices in runs:
+            parts.append(self.training_set(t)[torch.cat(slices)])
+        if parts:
+            rows_of = Samples.cat(parts) if len(parts) > 1 else parts[0]
+        else:
+            rows_of = Samples(torch.zeros(0, self.spec.input_dim, dtype=torch.uint8),
+                              torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64))
+        return Chunk(items, rows_of.x.numpy(), rows_of.y.numpy(), rows_of.task.numpy(), infos)
+
+    def test_shard(self, task: int, rank: int, world_size: int) -> Samples:
+        """This rank's contiguous shard of ``task``'s test set (``eval_slices``' rows, whole)."""
+        data = Samples.of(self.stream.tasks[task], "test")
+        return data[torch.arange(len(data)).tensor_split(world_size)[rank]]
 
     def rows(self, task: int, idx: torch.Tensor) -> Samples:
         """Rows of ``task``'s own training data (what ``on_task_end`` estimates from)."""
         return Samples.of(self.stream.tasks[task], "train")[idx]
 
     # -- internals ------------------------------------------------------------------------
-    def _event(self, item: tuple[int, ...], rank: int, world_size: int) -> Event:
-        kind, t = item[0], item[1]
-        if kind == 0:
-            return TaskStart(self.spec.tasks[t], self.steps[t])
-        if kind == 2:
-            return TaskEnd(self.spec.tasks[t])
-        epoch, b = item[2], item[3]
-        data = self.training_set(t)
-        order = self._order(t, epoch, len(data))
-        return TrainRows(t, epoch, data[train_slice(order, b, self.batch_size, rank, world_size)])
-
     def training_set(self, t: int) -> Samples:
         """Task ``t``'s training rows: the union of the tasks ``train_on(t)`` names."""
         if t not in self._sets:
@@ -122,7 +179,7 @@ class Feed(Protocol):
 
     def events(self, start_task: int = 0) -> Iterator[Event]: ...
 
-    def test_slices(self, task: int) -> Iterator[Samples]: ...
+    def test_shards(self, tasks: list[int]) -> list[Samples]: ...  # this worker's shards, whole
 
     def train_rows(self, task: int) -> Rows: ...
 
@@ -142,8 +199,8 @@ class LocalFeed:
             self.wait_seconds += time.perf_counter() - started
             yield event
 
-    def test_slices(self, task: int) -> Iterator[Samples]:
-        return iter(self.server.test_slices(task, self.eval_batch_size, self.rank, self.world_size))
+    def test_shards(self, tasks: list[int]) -> list[Samples]:
+        return [self.server.test_shard(t, self.rank, self.world_size) for t in tasks]
 
     def train_rows(self, task: int) -> Rows:
         return Samples.of(self.server.stream.tasks[task], "train")

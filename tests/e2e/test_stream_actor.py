@@ -6,12 +6,13 @@ from __future__ import annotations
 import itertools
 import time
 
+import numpy as np
 import pytest
 import ray
 import torch
 
 from lifelong.platform.stream_actor import RemoteFeed, StreamActor
-from lifelong.streams.feed import LocalFeed, StreamServer, TrainRows
+from lifelong.streams.feed import Chunk, LocalFeed, StreamServer, TrainRows
 from lifelong.streams.registry import build_stream
 from tests.conftest import make_config
 
@@ -52,16 +53,27 @@ def test_remote_events_equal_the_local_feed(actor, start_task):
         assert remote.spec.name == local(rank, 2).spec.name and remote.wait_seconds > 0
 
 
-def test_remote_test_slices_and_train_rows(actor):
+def test_remote_test_shards_and_train_rows(actor):
     remote, ref = RemoteFeed(actor, 1, 2, 32, 4, 2), local(1, 2)
-    for _ in range(2):  # the second pass comes from the worker's own copy, unchanged
-        for task in range(3):
-            got, want = list(remote.test_slices(task)), list(ref.test_slices(task))
-            assert len(got) == len(want) and all(torch.equal(a.x, b.x) for a, b in zip(got, want))
-    assert sorted(remote._tests) == [0, 1, 2]
+    got, want = remote.test_shards([0, 1, 2]), ref.test_shards([0, 1, 2])
+    assert len(got) == len(want) == 3
+    assert all(torch.equal(a.x, b.x) and torch.equal(a.y, b.y) and torch.equal(a.task, b.task)
+               for a, b in zip(got, want))
     idx = torch.tensor([0, 7, 199])
     assert torch.equal(remote.train_rows(1)[idx].x, ref.train_rows(1)[idx].x)
     assert len(remote.train_rows(1)) == 200
+
+
+def test_a_chunk_travels_as_contiguous_arrays_handed_over_without_a_copy(actor):
+    """One object per chunk: its rows in contiguous numpy arrays that Ray maps from the object
+    store (read-only views, no unpickling per batch); events are views of them."""
+    chunk = ray.get(actor.chunk.remote(0, 22, 0, 1))  # task 0: start, 2 x 10 batches of 20 rows, end
+    assert isinstance(chunk, Chunk)
+    assert chunk.x.dtype == np.uint8 and chunk.x.flags.c_contiguous and chunk.x.shape == (20 * 20, 64)
+    assert not chunk.x.flags.writeable  # zero-copy: backed by Ray's object store
+    events = chunk.events()
+    rows = [e.rows for e in events if isinstance(e, TrainRows)]
+    assert len(rows) == 20 and rows[3].x.data_ptr() == torch.from_numpy(chunk.x[60:80]).data_ptr()
 
 
 def test_prefetch_is_bounded(actor):

@@ -79,10 +79,10 @@ def test_joint_tasks_grow_by_the_strategy_train_on(stream):
     assert set(torch.cat([r.task for r in last]).tolist()) == {0, 1, 2}
 
 
-def test_test_slices_and_train_rows_come_from_the_task(stream):
+def test_test_shards_and_train_rows_come_from_the_task(stream):
     server = StreamServer(stream, BATCH, 1, seed=3)
     feed = LocalFeed(server, 1, 2, eval_batch_size=8)
-    rows = torch.cat([s.y for s in feed.test_slices(2)])
-    assert torch.equal(rows, stream.tasks[2].test.y[10:])
+    shard, = feed.test_shards([2])
+    assert torch.equal(shard.y, stream.tasks[2].test.y[10:]) and bool((shard.task == 2).all())
     train = feed.train_rows(1)
     assert len(train) == 70 and torch.equal(train[torch.tensor([3, 5])].y, stream.tasks[1].train.y[[3, 5]])

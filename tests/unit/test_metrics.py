@@ -96,3 +96,26 @@ def test_summarize_all_defined():
     assert s["fwt"] == approx(0.075)
     assert s["forgetting"] == approx(0.15)
     assert all(isinstance(v, float) for v in s.values())
+
+
+NAN = float("nan")
+
+
+def test_seen_only_matrices_leave_fwt_undefined_and_the_rest_unchanged():
+    """eval.tasks=seen: the entries of tasks not trained yet are NaN."""
+    seen = [[a if j <= i else NAN for j, a in enumerate(row)] for i, row in enumerate(R)]
+    assert forward_transfer(seen, B) is None
+    assert "fwt" not in summarize(seen, B)
+    for f in (average_accuracy, backward_transfer, forgetting):
+        assert f(seen) == approx(f(R))  # forgetting: max over earlier rows that evaluated task j
+
+
+def test_rows_skipped_by_eval_every_are_left_out():
+    """eval.every=2 on 3 tasks: row 0 was not evaluated; task 0's diagonal is unknown."""
+    every = [[NAN] * 3, R[1], R[2]]
+    assert average_accuracy(every) == approx(0.80)
+    # BWT over the tasks whose diagonal was evaluated: j=1 only: 0.85 - 0.80 = 0.05
+    assert backward_transfer(every) == approx(0.05)
+    # forgetting over earlier evaluated rows: j=0: 0.95 - 0.60; j=1: 0.80 - 0.85
+    assert forgetting(every) == approx(((0.95 - 0.60) + (0.80 - 0.85)) / 2)
+    assert forward_transfer(every, B) is None

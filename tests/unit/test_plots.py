@@ -38,3 +38,17 @@ def test_new_task_accuracy_plots_the_diagonal_and_the_online_curve():
     test, online = fig.axes[0].get_lines()
     assert list(test.get_ydata()) == [0.9, 0.8] and list(online.get_ydata()) == [0.7, 0.6]
     plots.close(fig)
+
+
+def test_entries_not_evaluated_are_grey_cells_and_gaps_in_the_curves():
+    """eval.tasks=seen and eval.every=2: NaN entries; the curves keep only evaluated points."""
+    nan = float("nan")
+    R = [[nan, nan, nan], [0.9, 0.8, nan], [0.7, 0.75, 0.9]]
+    heat = plots.accuracy_heatmap(R)
+    texts = [t.get_text() for t in heat.axes[0].texts]
+    assert texts == ["0.90", "0.80", "0.70", "0.75", "0.90"]
+    lines = plots.new_task_accuracy(R, [0.5, 0.6, 0.7]).axes[0].get_lines()
+    assert list(lines[0].get_xdata()) == [1, 2] and list(lines[0].get_ydata()) == [0.8, 0.9]
+    curves = plots.accuracy_over_time(R, [0.1, 0.1, 0.1]).axes[0].get_lines()
+    assert all(not np.isnan(line.get_ydata()).any() for line in curves)
+    plots.close(heat)

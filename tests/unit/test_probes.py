@@ -31,7 +31,8 @@ def stream():
 def test_probes_run_every_k_steps_and_at_each_task_end(stream):
     result = Learner(config(every=4), stream=stream).run()  # 10 steps a task
     assert result.task_starts == [0, 10]
-    assert [step for step, _ in result.probes] == [4, 8, 10, 12, 16, 20, 20]  # ends: 10 and 20
+    # ends: 10 and 20; step 20 is both periodic and a task end: probed (and logged) once
+    assert [step for step, _ in result.probes] == [4, 8, 10, 12, 16, 20]
     keys = set(result.probes[0][1])
     for layer in ("hidden0", "hidden1"):
         for measure in ("dead", "dormant", "rarely_active", "effective_rank", "stable_rank",
@@ -76,3 +77,25 @@ def test_probes_on_a_model_without_hidden_units_are_refused_before_compute():
     with pytest.raises(ConfigError, match="probes.enabled: the plasticity probes need a hidden layer"):
         make_config(model={"hidden": []})
     assert make_config(model={"hidden": []}, probes={"enabled": False}).model.hidden == []
+
+
+def test_a_task_end_on_a_probe_step_reuses_the_probe_and_logs_it_once(stream, tmp_path):
+    """Task 0 ends at step 10, a multiple of every=5: one probe there, logged once to MLflow
+    (step 10), and the same measures as plasticity_at_task_end at task 0."""
+    from mlflow.tracking import MlflowClient
+
+    from lifelong.platform.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("probes")).info.run_id
+    tracker = Tracker(uri, run_id, tmp_path / "spool")
+    result = Learner(config(every=5), tracker=tracker, stream=stream).run()
+    tracker.close()
+    assert [step for step, _ in result.probes] == [5, 10, 15, 20]
+    history = client.get_metric_history(run_id, "plasticity/hidden0/dead")
+    assert sorted(m.step for m in history) == [5, 10, 15, 20]
+    at_end = {m.step: m.value for m in client.get_metric_history(run_id, "plasticity_at_task_end/hidden0/grad_norm")}
+    probed = dict(result.probes)
+    assert at_end == pytest.approx({0: probed[10]["plasticity/hidden0/grad_norm"],
+                                    1: probed[20]["plasticity/hidden0/grad_norm"]})
