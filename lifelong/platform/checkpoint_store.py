@@ -14,11 +14,11 @@ On a multi-node cluster ``storage_path`` must be a filesystem every node mounts.
 from __future__ import annotations
 
 import shutil
-import threading
 from pathlib import Path
 from typing import Any, Optional
 
 from lifelong.platform import checkpoint
+from lifelong.platform.background import SerialExecutor
 
 KEEP = 2
 PREFIX = "task-"
@@ -31,8 +31,7 @@ def run_directory(storage: str | Path, run_id: str) -> Path:
 class CheckpointStore:
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
-        self._writer: Optional[threading.Thread] = None
-        self._error: Optional[BaseException] = None
+        self._writer = SerialExecutor("lifelong-checkpoint")
 
     def latest(self) -> Optional[Path]:
         """The newest complete checkpoint file, or None."""
@@ -41,31 +40,19 @@ class CheckpointStore:
 
     def save(self, state: dict[str, Any], background: bool = True) -> None:
         """Write ``state`` as the checkpoint after ``state['next_task']`` tasks. It must not be
-        changed afterwards (``checkpoint.capture`` hands over copies)."""
+        changed afterwards (``checkpoint.capture`` hands over copies). At most one write is
+        in flight: the previous one finishes first."""
         self.wait()
-        if not background:
+        if background:
+            self._writer.submit(self._write, state)
+        else:
             self._write(state)
-            return
-        self._writer = threading.Thread(target=self._write_safely, args=(state,),
-                                        name="lifelong-checkpoint", daemon=True)
-        self._writer.start()
 
     def wait(self) -> None:
         """Block until the write in flight is on disk; re-raise its error here."""
-        if self._writer is not None:
-            self._writer.join()
-            self._writer = None
-        if self._error is not None:
-            err, self._error = self._error, None
-            raise err
+        self._writer.wait()
 
     close = wait
-
-    def _write_safely(self, state: dict[str, Any]) -> None:
-        try:
-            self._write(state)
-        except BaseException as err:  # noqa: BLE001 - handed to the training thread by wait()
-            self._error = err
 
     def _write(self, state: dict[str, Any]) -> None:
         name = f"{PREFIX}{int(state['next_task']):05d}"

@@ -48,6 +48,7 @@ class LearnerResult:
     task_starts: list[int] = field(default_factory=list)  # global step at which each task began
     train_seconds: float = 0.0  # optimizer steps, including waiting on the stream
     boundary_seconds: float = 0.0  # strategy task hooks + evaluation
+    boundary_phases: dict[str, float] = field(default_factory=dict)  # of boundary_seconds, by phase
     probe_seconds: float = 0.0  # plasticity probes (within train_seconds and boundary_seconds)
     stream_wait_seconds: float = 0.0  # of train_seconds, blocked waiting for the stream
     first_step_at: Optional[float] = None  # wall-clock time of the first optimizer step
@@ -122,6 +123,8 @@ class Learner:
                                   self.result.optimizer_state_bytes,
                                   "time/train_seconds": self.result.train_seconds,
                                   "time/boundary_seconds": self.result.boundary_seconds,
+                                  **{f"time/boundary_{k}_seconds": v
+                                     for k, v in self.result.boundary_phases.items()},
                                   "time/probe_seconds": self.result.probe_seconds,
                                   "time/probe_overhead": self.result.probe_seconds / unprobed,
                                   "time/steps": self.result.steps,
@@ -162,15 +165,19 @@ class Learner:
     def task_end(self, event: TaskEnd) -> None:
         started = time.perf_counter()
         task = event.task
+        phases = BoundaryClock()
         at_end = {}
         if self.probe is not None:  # a periodic probe at this very step is this one too
             at_end = self.probed if self.probed_at == self.result.steps else self.run_probe()
+        phases.lap("probe")
         self.strategy.on_task_end(task, self.feed.train_rows(task.index))
+        phases.lap("strategy")
         n_tasks, every = len(self.spec.tasks), self.cfg.eval.every
         evaluated = due_after(task.index, n_tasks, every)
         self.result.R.append(self.evaluate_row(task.index) if evaluated else [math.nan] * n_tasks)
         correct, seen = self.ctx.reduce(self.online_counts).cpu().tolist()
         self.result.online.append(correct / max(seen, 1.0))
+        phases.lap("eval")
         if self.tracker is not None:
             self.tracker.metrics({"acc/online": self.result.online[-1],
                                   **{k.replace("plasticity/", "plasticity_at_task_end/", 1): v
@@ -182,8 +189,15 @@ class Learner:
             if self.probe is not None and render:
                 self.tracker.plasticity(self.result.probes, self.result.task_starts, self.spec.name)
         self._emit(kind="row", task=task.index, row=self.result.R[-1])
+        phases.lap("tracking")
         if self.at_boundary is not None:
             self.at_boundary(self)
+        phases.lap("checkpoint")
+        for phase, seconds in phases.seconds.items():
+            self.result.boundary_phases[phase] = self.result.boundary_phases.get(phase, 0.0) + seconds
+        if self.tracker is not None:
+            self.tracker.metrics({f"time/boundary/{k}_seconds": v for k, v in phases.seconds.items()},
+                                 step=task.index)
         self.result.boundary_seconds += time.perf_counter() - started
 
     def train_step(self, batch) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]
@@ -250,6 +264,20 @@ class Learner:
 def due_after(task: int, n_tasks: int, every: int) -> bool:
     """Evaluate (or checkpoint) after this task? After every ``every``-th, and always after the last."""
     return (task + 1) % every == 0 or task + 1 == n_tasks
+
+
+class BoundaryClock:
+    """Seconds per phase of one task boundary (probe, strategy, eval, tracking, checkpoint),
+    logged as ``time/boundary/<phase>_seconds`` so every run shows where boundaries go."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self._last
+        self._last = now
 
 
 def plots_due(task: int, n_tasks: int, renders: int = PLOT_RENDERS) -> bool:

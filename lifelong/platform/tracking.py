@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 import lifelong
 from lifelong.metrics.continual import summarize
 from lifelong.platform import plots
+from lifelong.platform.background import SerialExecutor
 from lifelong.platform.config import RunConfig, flatten, to_yaml
 from lifelong.platform.spool import Spool, brief, http_limits, unreachable
 from lifelong.platform.tracking_uri import default_artifact_location, resolve_uri  # noqa: F401 (API)
@@ -73,10 +74,16 @@ class Tracker:
     whatever cannot be sent is appended to a local spool, ``.lifelong/spool/<run_id>/``
     under the working directory (see ``spool.py``), and delivered in order, before anything
     newer, once it answers again: tried at most every few seconds while it is down, and by
-    ``close()``. Timestamps and steps are fixed at log time, so nothing moves."""
+    ``close()``. Timestamps and steps are fixed at log time, so nothing moves.
 
-    def __init__(self, uri: str, run_id: str, spool_dir: Optional[Path] = None) -> None:
+    With ``background=True`` (the learner's tracker) every delivery and plot render runs,
+    in order, on one background thread, so a task boundary does not wait for MLflow or
+    matplotlib; ``close()`` waits for all of it."""
+
+    def __init__(self, uri: str, run_id: str, spool_dir: Optional[Path] = None,
+                 background: bool = False) -> None:
         self.client = MlflowClient(uri)
+        self._serial = SerialExecutor("lifelong-tracking") if background else None
         self.uri, self.run_id = uri, run_id
         self.spool = Spool(Path(spool_dir) if spool_dir else (SPOOL_ROOT / run_id).resolve())
         self._pending: list[Metric] = []
@@ -90,9 +97,20 @@ class Tracker:
             self.flush()
 
     def flush(self) -> None:
-        while self._pending:
-            chunk, self._pending = self._pending[:1000], self._pending[1000:]
-            self._send_batch(chunk)
+        pending, self._pending = self._pending, []
+        if pending:
+            self._later(self._send_chunks, pending)
+
+    def _send_chunks(self, metrics: list[Metric]) -> None:
+        for i in range(0, len(metrics), 1000):
+            self._send_batch(metrics[i:i + 1000])
+
+    def _later(self, job: Callable[..., None], *args: object) -> None:
+        """Run ``job`` now, or on the background thread after everything submitted before."""
+        if self._serial is None:
+            job(*args)
+        else:
+            self._serial.submit(job, *args)
 
     def task_end(self, R: Sequence[Sequence[float]], init: Sequence[float], stream: str,
                  online: Sequence[float] = (), render: bool = True) -> None:
@@ -110,8 +128,11 @@ class Tracker:
             self._pending += [Metric(f"init_acc/task_{j}", float(a), now, 0) for j, a in enumerate(init)]
         self._pending += [Metric(k, float(v), now, i) for k, v in values.items()]
         self.flush()
-        if not render:  # long streams: the matrix goes with the pictures, a few dozen times a run
-            return
+        if render:  # long streams: the matrix goes with the pictures, a few dozen times a run
+            self._later(self._render, [list(r) for r in R], list(init), stream, list(online))
+
+    def _render(self, R: Sequence[Sequence[float]], init: Sequence[float], stream: str,
+                online: Sequence[float]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             matrix = Path(tmp) / MATRIX_ARTIFACT
             matrix.write_text(matrix_json(R, init))
@@ -125,6 +146,10 @@ class Tracker:
     def plasticity(self, history: Sequence[tuple[int, dict[str, float]]], task_starts: Sequence[int],
                    stream: str) -> None:
         """The plasticity probes so far as one picture, ``plots/plasticity.png``."""
+        self._later(self._render_plasticity, list(history), list(task_starts), stream)
+
+    def _render_plasticity(self, history: Sequence[tuple[int, dict[str, float]]],
+                           task_starts: Sequence[int], stream: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             self._send_figure(plots.plasticity_curves(history, task_starts, stream), "plasticity.png",
                               Path(tmp))
@@ -136,12 +161,14 @@ class Tracker:
 
     def tags(self, values: dict[str, str]) -> None:
         if values:
-            self._send_batch([], {k: str(v) for k, v in values.items()})
+            self._later(self._send_batch, [], {k: str(v) for k, v in values.items()})
 
     def close(self) -> bool:
         """Send what is buffered and spooled. True if the server has everything; otherwise the
         spool stays on disk (one warning line says where) for ``deliver_spool``."""
         self.flush()
+        if self._serial is not None:
+            self._serial.wait()
         if self.spool.pending() and not self._drain(force=True):
             log.warning("MLflow server %s still unreachable: run %s's tracking data is kept in %s; "
                         "deliver it later with lifelong.platform.tracking.deliver_spool(%r, %r)",

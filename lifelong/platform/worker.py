@@ -31,8 +31,8 @@ def train_loop_per_worker(rank: int, world_size: int, payload: dict[str, Any]) -
     torch.set_num_threads(payload["threads"])
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
     cfg = build_config(payload["config"])
-    tracker = (Tracker(payload["tracking_uri"], payload["run_id"], Path(payload["spool_dir"]))
-               if rank == 0 else None)
+    tracker = (Tracker(payload["tracking_uri"], payload["run_id"], Path(payload["spool_dir"]),
+                       background=True) if rank == 0 else None)
     board = payload.get("progress")
     progress = (lambda event: board.push.remote(event)) if board is not None else None
     feed = None
