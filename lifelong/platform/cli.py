@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 import os
 import sys
 from typing import Optional, Sequence
@@ -14,9 +15,11 @@ from lifelong.platform.errors import ConfigError, LifelongError
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    started_at = time.time()  # a run's time/* metrics count from here, imports included
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     parser = _parser()
     args = parse(parser, sys.argv[1:] if argv is None else list(argv))
+    args.started_at = started_at
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
@@ -105,13 +108,13 @@ def _run(args: argparse.Namespace) -> int:
         if args.args and "=" not in args.args[0]:
             raise ConfigError(f"--resume uses the run's own config; drop {args.args[0]!r}")
         outcome = resume(args.resume, args.args, console=console, progress=not args.no_progress,
-                         verbose=args.verbose, redirect_fd=True)
+                         verbose=args.verbose, redirect_fd=True, started_at=args.started_at)
     else:
         if not args.args or "=" in args.args[0]:
             raise ConfigError("lifelong run needs a config file first: lifelong run CONFIG.yaml [key=value ...]")
         cfg = load_config(args.args[0], args.args[1:])
         outcome = run(cfg, console=console, progress=not args.no_progress, verbose=args.verbose,
-                      redirect_fd=True)
+                      redirect_fd=True, started_at=args.started_at)
     from lifelong.platform import summary
 
     console.print(summary.render(outcome.R, outcome.init, console.width))
@@ -125,7 +128,18 @@ def _run(args: argparse.Namespace) -> int:
     from lifelong.platform.ui import print_where_to_look
 
     print_where_to_look(console, outcome.tracking_uri, outcome.run_id)
+    _stop_ray()
     return 0
+
+
+def _stop_ray() -> None:
+    """Stop the run's own local Ray (or leave a joined cluster) now, once the results are on
+    the screen: Ray's exit hook would first sleep half a second for log lines we no longer
+    print, and shutting down in the foreground keeps the command's exit prompt."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 def _submit(args: argparse.Namespace) -> int:

@@ -45,12 +45,13 @@ CHECKPOINTS_TAG = "lifelong.checkpoints"  # where a run's Ray Train checkpoints 
 
 def run(cfg: RunConfig, console: Optional[Console] = None, progress: bool = True,
         resume_id: Optional[str] = None, verbose: bool = False,
-        redirect_fd: bool = False) -> RunOutcome:
+        redirect_fd: bool = False, started_at: Optional[float] = None) -> RunOutcome:
     """Validate, join or start Ray (while MLflow creates the run), train, and end the run.
     Third-party output goes to the run's log file (``runlog.py``) unless ``verbose``;
-    ``redirect_fd`` (the CLI) also captures what the process writes to descriptor 2."""
+    ``redirect_fd`` (the CLI) also captures what the process writes to descriptor 2.
+    ``started_at``: when the command began (the CLI's), so time/* metrics include imports."""
     console = console or Console()
-    t0 = time.time()
+    t0 = started_at or time.time()
     base = Path.cwd()
     check_supported(cfg)
     cfg = _absolute_paths(cfg, base)
@@ -127,7 +128,8 @@ def _finish(uri: str, run_id: str, status: str, log: RunLog, console: Console) -
 
 
 def resume(run_id: str, overrides: list[str], console: Optional[Console] = None,
-           progress: bool = True, verbose: bool = False, redirect_fd: bool = False) -> RunOutcome:
+           progress: bool = True, verbose: bool = False, redirect_fd: bool = False,
+           started_at: Optional[float] = None) -> RunOutcome:
     """Go on with a stopped run from its latest checkpoint, into the same MLflow run. Its
     own config is used; overrides may change how it runs (``engine.*``), not what."""
     from mlflow.tracking import MlflowClient
@@ -152,7 +154,8 @@ def resume(run_id: str, overrides: list[str], console: Optional[Console] = None,
     if not checkpoints.is_dir():
         raise ConfigError(f"--resume {run_id}: no checkpoints at {checkpoints}; run from the "
                           f"directory it was started in, or set engine.storage_path")
-    return run(cfg, console, progress, resume_id=run_id, verbose=verbose, redirect_fd=redirect_fd)
+    return run(cfg, console, progress, resume_id=run_id, verbose=verbose, redirect_fd=redirect_fd,
+               started_at=started_at)
 
 
 def _fit(cfg: RunConfig, uri: str, run_id: str, t0: float, console: Console, progress: bool,
