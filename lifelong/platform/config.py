@@ -69,9 +69,9 @@ class EngineConfig:
     zero_stage: int = 0  # DeepSpeed ZeRO stage 0..3
     backend: str = "deepspeed"  # deepspeed | torch (plain, unsharded reference)
     cpus_per_worker: Optional[int] = None  # None = share this machine's cores evenly
-    max_failures: int = 2  # worker-group restarts from the last task boundary (Ray Train)
+    max_failures: int = 2  # worker-group restarts from the last task boundary
     checkpoint_every: int = 1  # tasks between checkpoints (always after the last); resume goes back to the latest
-    storage_path: Optional[str] = None  # checkpoints; None = ./.lifelong/ray; shared FS or s3:// on clusters
+    storage_path: Optional[str] = None  # checkpoints; None = ./.lifelong/ray; a filesystem every node mounts on clusters
 
 
 @dataclass
@@ -248,6 +248,8 @@ def _check_values(cfg: RunConfig) -> None:
             f"must be 0, 1, 2 or 3, got {cfg.engine.zero_stage}")
     require(cfg.engine.max_failures >= -1, "engine.max_failures",
             f"must be >= 0, or -1 for no limit, got {cfg.engine.max_failures}")
+    require("://" not in (cfg.engine.storage_path or ""), "engine.storage_path",
+            f"must be a directory (on a cluster, one every node mounts), got {cfg.engine.storage_path!r}")
     require(cfg.optim.lr > 0, "optim.lr", f"must be > 0, got {cfg.optim.lr}")
     require(cfg.probes.every >= 0, "probes.every", f"must be >= 0 (0 = task ends only), got {cfg.probes.every}")
     require(cfg.probes.rows >= 1, "probes.rows", f"must be >= 1, got {cfg.probes.rows}")

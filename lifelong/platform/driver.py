@@ -40,7 +40,7 @@ class RunOutcome:
     seconds: float
 
 
-CHECKPOINTS_TAG = "lifelong.checkpoints"  # where a run's Ray Train checkpoints live
+CHECKPOINTS_TAG = "lifelong.checkpoints"  # where a run's checkpoints live
 
 
 def run(cfg: RunConfig, console: Optional[Console] = None, progress: bool = True,
@@ -69,7 +69,8 @@ def run(cfg: RunConfig, console: Optional[Console] = None, progress: bool = True
         log.name(run_id)
         verb = "resumes" if resume_id else "run"
         console.print(f"[bold]lifelong[/] {verb} [cyan]{run_id}[/] · strategy {cfg.strategy.name} · "
-                      f"{cfg.engine.workers} worker(s), {cfg.engine.backend} ZeRO-{cfg.engine.zero_stage}")
+                      f"{cfg.engine.workers} worker(s), {cfg.engine.backend} ZeRO-{cfg.engine.zero_stage}",
+                      soft_wrap=True)  # one line, wrapped by the terminal, never cut by rich
         status = "FAILED"
         try:
             _fit(cfg, uri, run_id, t0, console, progress, storage)

@@ -52,7 +52,8 @@ def join(address: str) -> None:
     if address not in ("auto",) and not address.startswith("ray://"):
         unreachable = _unreachable(address)
         if unreachable:
-            raise ClusterError(f"{where}: no Ray cluster answers at {unreachable}; start one with "
+            dialled = "" if unreachable == address else f" (dialled as {unreachable})"
+            raise ClusterError(f"{where}: no Ray cluster answers{dialled}; start one with "
                                f"`ray start --head` or unset RAY_ADDRESS to run on a local Ray")
     try:
         ray.init(address=address, configure_logging=False, log_to_driver=True)

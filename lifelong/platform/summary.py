@@ -33,15 +33,17 @@ def render(R: Sequence[Sequence[float]], init: Sequence[float], width: int = 80)
     return compact(R, init, width)
 
 
-def full_table(R: Sequence[Sequence[float]], init: Sequence[float]) -> Table:
-    table = Table(title=escape("accuracy matrix R[i][j] (row: after task i; column: task j)"))
+def full_table(R: Sequence[Sequence[float]], init: Sequence[float]) -> Group:
+    # The legend is a line of its own: as the table's title it wrapped to the table's width.
+    legend = Text("accuracy matrix R[i][j]: row i after training task i, column j on task j")
+    table = Table()
     table.add_column("after", justify="right")
     for j in range(len(init)):
         table.add_column(f"task {j}", justify="right")
     table.add_row("init", *(_cell(a) for a in init), style="dim")
     for i, row in enumerate(R):
         table.add_row(str(i), *(f"[bold]{_cell(a)}[/]" if i == j else _cell(a) for j, a in enumerate(row)))
-    return table
+    return Group(legend, table)
 
 
 def compact(R: Sequence[Sequence[float]], init: Sequence[float], width: int = 80) -> Group:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -27,17 +26,11 @@ from lifelong.platform import submit as submit_mod
 from lifelong.platform.cli import main
 from lifelong.platform.errors import SubmitError
 from tests.conftest import free_port
+from tests.e2e.ray_head import ports as _ports, stop_session as _stop_session
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-
-
-def _ports(n: int) -> list[int]:
-    ports: set[int] = set()
-    while len(ports) < n:
-        ports.add(free_port())
-    return sorted(ports)
 
 
 def _token_header() -> dict[str, str]:
@@ -51,39 +44,6 @@ def _token_header() -> dict[str, str]:
                        stdout=subprocess.DEVNULL)
         loader.reset_cache()
     return dict(loader.get_token_for_http_header(ignore_auth_mode=True))
-
-
-def _session_pids(sid: int) -> list[int]:
-    """Every live process in session ``sid``: the head we started and all it spawned."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                # the comm field (2nd) may hold spaces: split after its closing parenthesis
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[3]) == sid and fields[0] != "Z":
-                pids.append(int(entry.name))
-    return pids
-
-
-def _stop_session(proc: subprocess.Popen, timeout: float = 30) -> None:
-    proc.terminate()  # `ray start --block` shuts its own processes down on SIGTERM
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        pass
-    deadline = time.time() + 10
-    while _session_pids(proc.pid) and time.time() < deadline:
-        time.sleep(0.5)
-    for pid in _session_pids(proc.pid):  # stragglers (workers), still only our session's
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    if proc.poll() is None:
-        proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")

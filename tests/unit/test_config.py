@@ -259,6 +259,13 @@ def test_out_of_range_values(overrides, key):
     assert config_error(None, overrides).startswith(f"{key}:")
 
 
+def test_a_storage_url_is_refused_checkpoints_need_a_mounted_directory():
+    message = config_error(None, ["engine.storage_path=s3://bucket/prefix"])
+    assert message == ("engine.storage_path: must be a directory (on a cluster, one every node "
+                       "mounts), got 's3://bucket/prefix'")
+    assert load_config(None, ["engine.storage_path=/mnt/shared/ckpt"]).engine.storage_path == "/mnt/shared/ckpt"
+
+
 def test_split_with_too_many_classes(ewc_yaml):
     # digits has 10 classes; 6 tasks x 2 classes needs 12
     message = config_error(ewc_yaml, ["stream.n_tasks=6"])
