@@ -75,7 +75,8 @@ class TorchEngine(WholeParams):
 
 
 class DeepSpeedEngine(WholeParams):
-    """A DeepSpeed engine on the process group Ray Train set up (gloo on CPU, NCCL on GPU)."""
+    """A DeepSpeed engine on the process group of the learner group (``env://``: gloo on CPU,
+    NCCL on GPU)."""
 
     def __init__(self, module: nn.Module, optim: OptimConfig, engine: EngineConfig,
                  micro_batch_size: int) -> None:

@@ -1,6 +1,6 @@
 """One learner worker's life: build everything, then follow the stream task after task.
 
-Runs inside a Ray Train worker (``worker.py``), fed by the stream actor, and, for fast
+Runs inside a learner process (``worker.py``), fed by the stream actor, and, for fast
 tests and the plain reference, in-process from a local feed. The stream says where each
 task starts and ends; at each end the learner calls the strategy, evaluates the test sets
 ``eval`` asks for (``evaluation.py``: sharded across workers, counts all-reduced, so the row
@@ -20,6 +20,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from lifelong.platform.boundaries import BoundaryClock, due_after, plots_due
 from lifelong.platform.config import RunConfig
 from lifelong.platform.context import PlatformContext
 from lifelong.platform.engine import build_engine, optimizer_state_bytes
@@ -36,7 +37,6 @@ from lifelong.streams.registry import build_stream
 from lifelong.streams.scenarios import TaskStream
 
 Progress = Callable[[dict], None]
-PLOT_RENDERS = 20  # at most about this many plot renders per run
 
 
 @dataclass
@@ -259,31 +259,6 @@ class Learner:
     def _emit(self, **event) -> None:  # type: ignore[no-untyped-def]
         if self.progress is not None:
             self.progress(event)
-
-
-def due_after(task: int, n_tasks: int, every: int) -> bool:
-    """Evaluate (or checkpoint) after this task? After every ``every``-th, and always after the last."""
-    return (task + 1) % every == 0 or task + 1 == n_tasks
-
-
-class BoundaryClock:
-    """Seconds per phase of one task boundary (probe, strategy, eval, tracking, checkpoint),
-    logged as ``time/boundary/<phase>_seconds`` so every run shows where boundaries go."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self._last = time.perf_counter()
-
-    def lap(self, phase: str) -> None:
-        now = time.perf_counter()
-        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self._last
-        self._last = now
-
-
-def plots_due(task: int, n_tasks: int, renders: int = PLOT_RENDERS) -> bool:
-    """Re-render the plots after this task? After every task on short streams; on long ones
-    (hundreds of short tasks) about ``renders`` times, always including the last task."""
-    return (task + 1) % max(1, n_tasks // renders) == 0 or task + 1 == n_tasks
 
 
 def architecture_of(model: torch.nn.Module) -> torch.nn.Module:

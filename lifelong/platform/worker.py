@@ -68,7 +68,7 @@ def _checkpoint_at_boundary(rank: int, store: CheckpointStore, every: int = 1) -
     """At every ``every``-th task boundary and the last: capture on every rank (collective);
     rank 0 writes it."""
     from lifelong.platform import checkpoint
-    from lifelong.platform.learner import due_after
+    from lifelong.platform.boundaries import due_after
 
     def at_boundary(learner: Any) -> None:
         if not due_after(len(learner.result.R) - 1, len(learner.spec.tasks), every):

@@ -12,7 +12,8 @@ import torch
 from lifelong.metrics import summarize
 from lifelong.platform.errors import ConfigError
 from lifelong.platform.evaluation import EvalSets
-from lifelong.platform.learner import Learner, due_after
+from lifelong.platform.boundaries import due_after
+from lifelong.platform.learner import Learner
 from lifelong.platform.model import mask_logits
 from lifelong.streams.batches import Samples
 from lifelong.streams.feed import LocalFeed, StreamServer

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from lifelong.platform import plots
-from lifelong.platform.learner import PLOT_RENDERS, plots_due
+from lifelong.platform.boundaries import PLOT_RENDERS, plots_due
 
 
 def test_plots_are_rendered_after_every_task_on_short_streams():
