@@ -20,7 +20,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from lifelong.platform.boundaries import BoundaryClock, due_after, plots_due
+from lifelong.platform.boundaries import BoundaryClock, due_after, figures_due, plots_due
 from lifelong.platform.config import RunConfig
 from lifelong.platform.context import PlatformContext
 from lifelong.platform.engine import build_engine, optimizer_state_bytes
@@ -95,10 +95,12 @@ class Learner:
         self.task_step = 0
         self.online_counts = torch.zeros(2, dtype=torch.float64, device=self.device)  # correct, seen
         self.at_boundary: Optional[Callable[["Learner"], None]] = None  # e.g. checkpoint
+        self.started = time.perf_counter()
 
     # -- the stream --------------------------------------------------------------------------
     def run(self) -> LearnerResult:
         """Train from the first task not in ``result.R`` (all of them, unless resumed)."""
+        self.started = time.perf_counter()
         if not self.result.init:
             self.result.init = self.evaluate_all()  # every task, whatever eval.tasks says
         self._emit(kind="start", n_tasks=len(self.spec.tasks), epochs=self.cfg.train.epochs,
@@ -183,10 +185,12 @@ class Learner:
                                   **{k.replace("plasticity/", "plasticity_at_task_end/", 1): v
                                      for k, v in at_end.items()}}, step=task.index)
             render = evaluated and plots_due(task.index // every, -(-n_tasks // every))
+            figures = render and figures_due(task.index + 1 == n_tasks, self.tracker.render_seconds,
+                                             time.perf_counter() - self.started)
             if evaluated:
                 self.tracker.task_end(self.result.R, self.result.init, self.spec.name,
-                                      self.result.online, render)
-            if self.probe is not None and render:
+                                      self.result.online, render, figures)
+            if self.probe is not None and figures:
                 self.tracker.plasticity(self.result.probes, self.result.task_starts, self.spec.name)
         self._emit(kind="row", task=task.index, row=self.result.R[-1])
         phases.lap("tracking")

@@ -84,6 +84,7 @@ class Tracker:
                  background: bool = False) -> None:
         self.client = MlflowClient(uri)
         self._serial = SerialExecutor("lifelong-tracking") if background else None
+        self.render_seconds = 0.0  # spent drawing plots so far (the learner budgets them)
         self.uri, self.run_id = uri, run_id
         self.spool = Spool(Path(spool_dir) if spool_dir else (SPOOL_ROOT / run_id).resolve())
         self._pending: list[Metric] = []
@@ -113,7 +114,7 @@ class Tracker:
             self._serial.submit(job, *args)
 
     def task_end(self, R: Sequence[Sequence[float]], init: Sequence[float], stream: str,
-                 online: Sequence[float] = (), render: bool = True) -> None:
+                 online: Sequence[float] = (), render: bool = True, figures: bool = True) -> None:
         """After training task i = len(R)-1: per-task accuracies and summaries, in one
         ``log_batch`` with whatever else is pending (the matrix row is hundreds of metrics on
         long streams); then the matrix and the pictures (if ``render``). Entries that were
@@ -129,14 +130,16 @@ class Tracker:
         self._pending += [Metric(k, float(v), now, i) for k, v in values.items()]
         self.flush()
         if render:  # long streams: the matrix goes with the pictures, a few dozen times a run
-            self._later(self._render, [list(r) for r in R], list(init), stream, list(online))
+            self._later(self._render, [list(r) for r in R], list(init), stream, list(online), figures)
 
     def _render(self, R: Sequence[Sequence[float]], init: Sequence[float], stream: str,
-                online: Sequence[float]) -> None:
+                online: Sequence[float], figures: bool) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             matrix = Path(tmp) / MATRIX_ARTIFACT
             matrix.write_text(matrix_json(R, init))
             self._send_artifact(matrix, None)
+            if not figures:
+                return
             figures = [("accuracy_heatmap.png", plots.accuracy_heatmap(R, stream)),
                        ("accuracy_over_time.png", plots.accuracy_over_time(R, init, stream)),
                        ("new_task_accuracy.png", plots.new_task_accuracy(R, online, stream))]
@@ -155,8 +158,10 @@ class Tracker:
                               Path(tmp))
 
     def _send_figure(self, fig: "plots.Figure", name: str, tmp: Path) -> None:
+        started = time.perf_counter()
         fig.savefig(tmp / name)
         plots.close(fig)
+        self.render_seconds += time.perf_counter() - started  # with the drawing, roughly
         self._send_artifact(tmp / name, "plots")
 
     def tags(self, values: dict[str, str]) -> None:

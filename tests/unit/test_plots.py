@@ -52,3 +52,11 @@ def test_entries_not_evaluated_are_grey_cells_and_gaps_in_the_curves():
     curves = plots.accuracy_over_time(R, [0.1, 0.1, 0.1]).axes[0].get_lines()
     assert all(not np.isnan(line.get_ydata()).any() for line in curves)
     plots.close(heat)
+
+
+def test_figures_are_drawn_within_their_share_of_the_run_and_always_at_the_end():
+    from lifelong.platform.boundaries import FIGURE_SHARE, figures_due
+
+    assert figures_due(False, drawing_seconds=0.0, elapsed_seconds=1.0)
+    assert not figures_due(False, drawing_seconds=FIGURE_SHARE * 10 + 0.1, elapsed_seconds=10.0)
+    assert figures_due(True, drawing_seconds=100.0, elapsed_seconds=1.0)
