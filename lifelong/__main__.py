@@ -1,5 +1,3 @@
-import sys
+from lifelong.platform.cli import entry
 
-from lifelong.platform.cli import main
-
-sys.exit(main())
+entry()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 import os
 import sys
@@ -181,5 +182,16 @@ def _fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def entry() -> None:
+    """The ``lifelong`` command. Once a command is done (output flushed, Ray stopped, the run
+    ended in MLflow), the interpreter's own teardown of torch, Ray and MLflow modules took
+    over a second more; it has nothing left to save, so the process exits at once."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
