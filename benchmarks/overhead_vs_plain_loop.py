@@ -31,7 +31,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from mlflow.tracking import MlflowClient
-from torch import nn
 from torch.func import functional_call, grad, vmap
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,34 +39,16 @@ sys.path.insert(0, str(ROOT))
 from lifelong.platform.config import RunConfig, load_config  # noqa: E402
 from lifelong.streams.batches import epoch_seed  # noqa: E402
 from lifelong.platform.tracking import read_matrix  # noqa: E402
-from lifelong.streams.registry import build_stream  # noqa: E402
+from textbook_loop import hand_setup  # noqa: E402
 
 
 def hand_written(cfg: RunConfig, threads: int) -> dict:
     """The experiment as one would write it without a platform."""
-    torch.set_num_threads(threads)
-    torch.manual_seed(cfg.seed)
-    stream = build_stream(cfg.stream, cfg.seed)  # data prep, not timed in either run
-    scale, shift = 1.0 / (stream.max_value * stream.std), stream.mean / stream.std
-    sizes = [stream.input_dim, *cfg.model.hidden, stream.n_outputs]
-    layers: list[nn.Module] = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
-        layers += [nn.Linear(a, b), nn.ReLU()]
-    model = nn.Sequential(*layers[:-1])
-    o = cfg.optim
-    opt = (torch.optim.Adam(model.parameters(), lr=o.lr) if o.name == "adam" else
-           torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum))
+    hand = hand_setup(cfg, threads)
+    stream, model, opt, feats, evaluate = hand.stream, hand.model, hand.opt, hand.feats, hand.evaluate
     lam, bs = cfg.strategy.lam, cfg.train.batch_size  # type: ignore[attr-defined]
     S: dict[str, torch.Tensor] = {}
     A: dict[str, torch.Tensor] = {}
-
-    def feats(x: torch.Tensor, perm: torch.Tensor | None) -> torch.Tensor:
-        return (x if perm is None else x[:, perm]).float().mul_(scale).sub_(shift)
-
-    def evaluate() -> list[float]:
-        with torch.no_grad():
-            return [float((model(feats(t.test.x, t.permutation)).argmax(1) == t.test.y).float().mean())
-                    for t in stream.tasks]
 
     train_s = boundary_s = 0.0
     R = []

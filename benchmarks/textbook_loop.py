@@ -12,8 +12,11 @@ and optimizer as the config. Prints one JSON line of timings.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
 STARTED = time.time()
 
@@ -26,11 +29,25 @@ from lifelong.streams.batches import epoch_seed  # noqa: E402
 from lifelong.streams.registry import build_stream  # noqa: E402
 
 
-def main() -> None:
-    cfg = load_config(sys.argv[1], sys.argv[2:])
-    torch.set_num_threads(int(__import__("os").environ.get("THREADS", "2")))
+@dataclass
+class HandSetup:
+    """What every hand-written loop starts with: data, the MLP, the optimizer, features."""
+
+    stream: Any
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    feats: Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+
+    def evaluate(self) -> list[float]:
+        with torch.no_grad():
+            return [float((self.model(self.feats(t.test.x, t.permutation)).argmax(1) == t.test.y)
+                          .float().mean()) for t in self.stream.tasks]
+
+
+def hand_setup(cfg: Any, threads: int) -> HandSetup:
+    torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
-    stream = build_stream(cfg.stream, cfg.seed)
+    stream = build_stream(cfg.stream, cfg.seed)  # data prep, the same in every loop
     scale, shift = 1.0 / (stream.max_value * stream.std), stream.mean / stream.std
     sizes = [stream.input_dim, *cfg.model.hidden, stream.n_outputs]
     layers: list[nn.Module] = []
@@ -40,16 +57,19 @@ def main() -> None:
     o = cfg.optim
     opt = (torch.optim.Adam(model.parameters(), lr=o.lr) if o.name == "adam" else
            torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum))
-    lam, bs = cfg.strategy.lam, cfg.train.batch_size  # type: ignore[attr-defined]
-    penalties: list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []  # (F, theta*)
 
-    def feats(x: torch.Tensor, perm: torch.Tensor | None) -> torch.Tensor:
+    def feats(x: torch.Tensor, perm: Optional[torch.Tensor]) -> torch.Tensor:
         return (x if perm is None else x[:, perm]).float().mul_(scale).sub_(shift)
 
-    def evaluate() -> list[float]:
-        with torch.no_grad():
-            return [float((model(feats(t.test.x, t.permutation)).argmax(1) == t.test.y).float().mean())
-                    for t in stream.tasks]
+    return HandSetup(stream, model, opt, feats)
+
+
+def main() -> None:
+    cfg = load_config(sys.argv[1], sys.argv[2:])
+    hand = hand_setup(cfg, int(os.environ.get("THREADS", "2")))
+    stream, model, opt, feats, evaluate = hand.stream, hand.model, hand.opt, hand.feats, hand.evaluate
+    lam, bs = cfg.strategy.lam, cfg.train.batch_size  # type: ignore[attr-defined]
+    penalties: list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []  # (F, theta*)
 
     train_s = boundary_s = 0.0
     first_step = None
