@@ -58,6 +58,7 @@ class WorkerGroup:
 
     def __init__(self, placement: Placement, notice: Optional[Callable[[str], None]] = None) -> None:
         bundle = {"CPU": placement.cpus_per_worker, **({"GPU": 1} if placement.gpu else {})}
+        self.gpu = placement.gpu
         self.group = placement_group([bundle] * placement.workers, strategy="PACK")
         if not _ready(self.group, timeout=PLACEMENT_NOTICE_S):
             if notice is not None:
@@ -78,7 +79,9 @@ class WorkerGroup:
         nodes = ray.get([a.node.remote() for a in self.actors])
         master = (nodes[0], ray.get(self.actors[0].free_port.remote()))
         world = len(self.actors)
-        local_ranks = [nodes[:i].count(node) for i, node in enumerate(nodes)]
+        # A GPU learner sees only its own GPU (Ray sets CUDA_VISIBLE_DEVICES per actor), which
+        # is device 0 to it; CPU learners are numbered within their node.
+        local_ranks = [0 if self.gpu else nodes[:i].count(node) for i, node in enumerate(nodes)]
         refs = [a.run.remote(fn, rank, world, master, local_ranks[rank], payload)
                 for rank, a in enumerate(self.actors)]
         pending = list(refs)
