@@ -37,7 +37,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lifelong.platform.config import RunConfig, load_config  # noqa: E402
-from lifelong.streams.batches import epoch_seed  # noqa: E402
 from lifelong.platform.tracking import read_matrix  # noqa: E402
 from textbook_loop import hand_setup  # noqa: E402
 
@@ -46,7 +45,7 @@ def hand_written(cfg: RunConfig, threads: int) -> dict:
     """The experiment as one would write it without a platform."""
     hand = hand_setup(cfg, threads)
     stream, model, opt, feats, evaluate = hand.stream, hand.model, hand.opt, hand.feats, hand.evaluate
-    lam, bs = cfg.strategy.lam, cfg.train.batch_size  # type: ignore[attr-defined]
+    lam = cfg.strategy.lam  # type: ignore[attr-defined]
     S: dict[str, torch.Tensor] = {}
     A: dict[str, torch.Tensor] = {}
 
@@ -56,19 +55,15 @@ def hand_written(cfg: RunConfig, threads: int) -> dict:
     for task in stream.tasks:
         x, y = task.train.x, task.train.y
         started = time.perf_counter()
-        for epoch in range(cfg.train.epochs):
-            g = torch.Generator().manual_seed(epoch_seed(cfg.seed, task.index, epoch))
-            order = torch.randperm(len(y), generator=g)
-            for b in range(len(y) // bs):
-                idx = order[b * bs:(b + 1) * bs]
-                loss = F.cross_entropy(model(feats(x[idx], task.permutation)), y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if S:
-                    with torch.no_grad():
-                        for n, p in model.named_parameters():
-                            p.grad.add_(S[n] * p - A[n], alpha=lam)
-                opt.step()
+        for xb, yb in hand.batches(cfg, task):
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if S:
+                with torch.no_grad():
+                    for n, p in model.named_parameters():
+                        p.grad.add_(S[n] * p - A[n], alpha=lam)
+            opt.step()
         train_s += time.perf_counter() - started
         started = time.perf_counter()
         keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(task.index))

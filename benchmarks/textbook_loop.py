@@ -16,7 +16,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 STARTED = time.time()
 
@@ -37,6 +37,16 @@ class HandSetup:
     model: nn.Module
     opt: torch.optim.Optimizer
     feats: Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+
+    def batches(self, cfg: Any, task: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The task's training batches, features and labels, in the platform's seeded order."""
+        x, y, bs = task.train.x, task.train.y, cfg.train.batch_size
+        for epoch in range(cfg.train.epochs):
+            g = torch.Generator().manual_seed(epoch_seed(cfg.seed, task.index, epoch))
+            order = torch.randperm(len(y), generator=g)
+            for b in range(len(y) // bs):
+                idx = order[b * bs:(b + 1) * bs]
+                yield self.feats(x[idx], task.permutation), y[idx]
 
     def evaluate(self) -> list[float]:
         with torch.no_grad():
@@ -78,19 +88,15 @@ def main() -> None:
     for task in stream.tasks:
         x, y = task.train.x, task.train.y
         started = time.perf_counter()
-        for epoch in range(cfg.train.epochs):
-            g = torch.Generator().manual_seed(epoch_seed(cfg.seed, task.index, epoch))
-            order = torch.randperm(len(y), generator=g)
-            for b in range(len(y) // bs):
-                idx = order[b * bs:(b + 1) * bs]
-                loss = F.cross_entropy(model(feats(x[idx], task.permutation)), y[idx])
-                for fisher, star in penalties:
-                    loss = loss + lam / 2 * sum((fisher[n] * (p - star[n]) ** 2).sum()
-                                                for n, p in model.named_parameters())
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                first_step = first_step or time.time()
+        for xb, yb in hand.batches(cfg, task):
+            loss = F.cross_entropy(model(xb), yb)
+            for fisher, star in penalties:
+                loss = loss + lam / 2 * sum((fisher[n] * (p - star[n]) ** 2).sum()
+                                            for n, p in model.named_parameters())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            first_step = first_step or time.time()
         train_s += time.perf_counter() - started
         started = time.perf_counter()
         fisher = {n: torch.zeros_like(p) for n, p in model.named_parameters()}

@@ -69,7 +69,7 @@ class Learner:
         if feed is None:
             server = StreamServer(stream or build_stream(cfg.stream, cfg.seed), cfg.train.batch_size,
                                   cfg.train.epochs, cfg.seed, strategy_cls.train_on)
-            feed = LocalFeed(server, rank, world_size, cfg.train.eval_batch_size)
+            feed = LocalFeed(server, rank, world_size)
         self.feed = feed
         self.spec = feed.spec
         self.featurize = Featurizer(self.spec)

@@ -57,10 +57,10 @@ class StreamActor:
 class RemoteFeed:
     """One worker's view of the stream actor, with bounded prefetch (see ``Feed``)."""
 
-    def __init__(self, actor: Any, rank: int, world_size: int, eval_batch_size: int,
-                 chunk_batches: int, prefetch: int) -> None:
+    def __init__(self, actor: Any, rank: int, world_size: int, chunk_batches: int,
+                 prefetch: int) -> None:
         self.actor = actor
-        self.rank, self.world_size, self.eval_batch_size = rank, world_size, eval_batch_size
+        self.rank, self.world_size = rank, world_size
         self.chunk_batches, self.prefetch = chunk_batches, prefetch
         self.spec, self.task_starts, self.length = ray.get(actor.describe.remote())
         self.wait_seconds = 0.0

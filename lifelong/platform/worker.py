@@ -39,7 +39,7 @@ def train_loop_per_worker(rank: int, world_size: int, payload: dict[str, Any]) -
     if payload.get("stream") is not None:  # the run's stream actor (the driver always starts one)
         from lifelong.platform.stream_actor import RemoteFeed
 
-        feed = RemoteFeed(payload["stream"], rank, world_size, cfg.train.eval_batch_size,
+        feed = RemoteFeed(payload["stream"], rank, world_size,
                           cfg.stream.chunk_batches, cfg.stream.prefetch)
     learner = Learner(cfg, rank, world_size, tracker=tracker, progress=progress, feed=feed)
     store = CheckpointStore(payload["checkpoints"])

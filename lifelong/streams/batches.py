@@ -144,7 +144,8 @@ def eval_slices(data: Rows, batch_size: int, rank: int = 0, world_size: int = 1)
     rows = data[shard]
     longest = -(-len(data) // world_size)
     for b in range(max(-(-longest // batch_size), 1)):
-        yield rows[torch.arange(b * batch_size, min((b + 1) * batch_size, len(shard)))]
+        part = slice(b * batch_size, (b + 1) * batch_size)  # views of the shard, no copy
+        yield Samples(rows.x[part], rows.y[part], rows.task[part])
 
 
 def n_batches(n_samples: int, batch_size: int) -> int:

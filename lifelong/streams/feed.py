@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 import warnings
+from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol, Sequence, Union
 
 import numpy as np
@@ -187,9 +187,9 @@ class Feed(Protocol):
 class LocalFeed:
     """A ``StreamServer`` in this process, seen as one rank: no waiting, no transport."""
 
-    def __init__(self, server: StreamServer, rank: int, world_size: int, eval_batch_size: int) -> None:
+    def __init__(self, server: StreamServer, rank: int, world_size: int) -> None:
         self.server, self.spec = server, server.spec
-        self.rank, self.world_size, self.eval_batch_size = rank, world_size, eval_batch_size
+        self.rank, self.world_size = rank, world_size
         self.wait_seconds = 0.0
 
     def events(self, start_task: int = 0) -> Iterator[Event]:

@@ -31,7 +31,7 @@ def actor(ray_cluster):
 
 def local(rank: int, world: int) -> LocalFeed:
     server = StreamServer(build_stream(CFG.stream, CFG.seed), 20, 2, CFG.seed)
-    return LocalFeed(server, rank, world, eval_batch_size=32)
+    return LocalFeed(server, rank, world)
 
 
 def same(a, b) -> bool:
@@ -46,7 +46,7 @@ def same(a, b) -> bool:
 @pytest.mark.parametrize("start_task", [0, 2])
 def test_remote_events_equal_the_local_feed(actor, start_task):
     for rank in range(2):
-        remote = RemoteFeed(actor, rank, 2, 32, chunk_batches=7, prefetch=2)  # chunks straddle tasks
+        remote = RemoteFeed(actor, rank, 2, chunk_batches=7, prefetch=2)  # chunks straddle tasks
         got, want = list(remote.events(start_task)), list(local(rank, 2).events(start_task))
         assert len(got) == len(want) > 0
         assert all(same(a, b) for a, b in zip(got, want))
@@ -54,7 +54,7 @@ def test_remote_events_equal_the_local_feed(actor, start_task):
 
 
 def test_remote_test_shards_and_train_rows(actor):
-    remote, ref = RemoteFeed(actor, 1, 2, 32, 4, 2), local(1, 2)
+    remote, ref = RemoteFeed(actor, 1, 2, 4, 2), local(1, 2)
     got, want = remote.test_shards([0, 1, 2]), ref.test_shards([0, 1, 2])
     assert len(got) == len(want) == 3
     assert all(torch.equal(a.x, b.x) and torch.equal(a.y, b.y) and torch.equal(a.task, b.task)
@@ -80,7 +80,7 @@ def test_prefetch_is_bounded(actor):
     """Backpressure: a consumer that stops asking stops the actor; in flight stays <= prefetch."""
     chunk, prefetch = 2, 3
     before = ray.get(actor.served.remote())
-    remote = RemoteFeed(actor, 0, 1, 32, chunk_batches=chunk, prefetch=prefetch)
+    remote = RemoteFeed(actor, 0, 1, chunk_batches=chunk, prefetch=prefetch)
     events = remote.events()
     consumed = list(itertools.islice(events, 9))  # into the 5th chunk
     time.sleep(0.5)  # a producer free to run ahead would fill the stream now

@@ -56,7 +56,7 @@ def per_task_counts(learner: Learner) -> torch.Tensor:
 
 
 def combined_counts(learner: Learner, rank: int, world: int, cache_bytes: int, calls: list) -> torch.Tensor:
-    feed = LocalFeed(learner.feed.server, rank, world, eval_batch_size=64)
+    feed = LocalFeed(learner.feed.server, rank, world)
     tests = EvalSets(feed, learner.featurize, 64, rank, world, learner.device, cache_bytes)
     model = learner.engine.module.eval()
 
@@ -96,7 +96,7 @@ def test_test_sets_are_fetched_once_and_kept_within_the_budget(trained):
             return super().test_shards(tasks)
 
     n = len(trained.spec.tasks)
-    feed = Counting(trained.feed.server, 0, 1, eval_batch_size=64)
+    feed = Counting(trained.feed.server, 0, 1)
     kept = EvalSets(feed, trained.featurize, 64, 0, 1, trained.device)
     model = trained.engine.module.eval()
     for _ in range(3):

@@ -24,7 +24,7 @@ def stream():
 
 def events(stream, rank=0, world=1, epochs=2, start_task=0, train_on=lambda t: [t]):
     server = StreamServer(stream, BATCH, epochs, seed=3, train_on=train_on)
-    return list(LocalFeed(server, rank, world, eval_batch_size=8).events(start_task))
+    return list(LocalFeed(server, rank, world).events(start_task))
 
 
 def test_each_task_is_a_start_its_batches_and_an_end(stream):
@@ -81,7 +81,7 @@ def test_joint_tasks_grow_by_the_strategy_train_on(stream):
 
 def test_test_shards_and_train_rows_come_from_the_task(stream):
     server = StreamServer(stream, BATCH, 1, seed=3)
-    feed = LocalFeed(server, 1, 2, eval_batch_size=8)
+    feed = LocalFeed(server, 1, 2)
     shard, = feed.test_shards([2])
     assert torch.equal(shard.y, stream.tasks[2].test.y[10:]) and bool((shard.task == 2).all())
     train = feed.train_rows(1)
