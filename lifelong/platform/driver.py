@@ -90,10 +90,10 @@ def _open_run(cfg: RunConfig, uri: str, base: Path, storage: Path, resume_id: Op
     """Create the MLflow run (or reopen the resumed one); one line if the store is unusable."""
     from mlflow.tracking import MlflowClient
 
-    log.adopt("mlflow")
     from lifelong.platform.spool import http_limits
     from lifelong.platform.tracking import default_artifact_location, start_run
 
+    log.adopt("mlflow")  # MLflow's own stderr logger (store creation) into the run's log
     artifacts = cfg.tracking.artifact_location or default_artifact_location(uri, base)
     try:
         with http_limits(retries=1):
@@ -119,7 +119,7 @@ def _finish(uri: str, run_id: str, status: str, log: RunLog, console: Console) -
     try:
         with http_limits(retries=1):
             MlflowClient(uri).log_artifact(run_id, str(log.path), "logs")
-    except Exception:  # noqa: BLE001 - the file stays on disk, named in the summary
+    except Exception:  # noqa: BLE001 - the file stays on disk under .lifelong/logs
         pass
     try:
         end_run(uri, run_id, status)

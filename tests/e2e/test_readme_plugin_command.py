@@ -26,6 +26,6 @@ def test_the_readme_plugin_command_runs_from_the_repository_root(tmp_path):
     assert "train/clipped_params" in run.data.metrics  # the plugin's hook ran in the worker
     # where to look: the run page and the runs table, in the Model training view
     base = "http://127.0.0.1:5000/#/experiments/" + experiment.experiment_id
-    assert f"(start it with: lifelong ui)" in out.stdout
+    assert "(start it with: lifelong ui)" in out.stdout
     assert f"{base}/runs/{run.info.run_id}/model-metrics?workflowType=machine_learning" in out.stdout
     assert f"{base}?workflowType=machine_learning" in out.stdout

@@ -16,7 +16,7 @@ from lifelong.platform.boundaries import due_after
 from lifelong.platform.learner import Learner
 from lifelong.platform.model import mask_logits
 from lifelong.streams.batches import Samples
-from lifelong.streams.feed import LocalFeed, StreamServer
+from lifelong.streams.feed import LocalFeed
 from lifelong.streams.registry import build_stream
 from tests.conftest import make_config
 
