@@ -26,10 +26,16 @@ def ray_cluster() -> Iterator[None]:
     import ray
 
     # Ray's workers import test helpers (tests.e2e.*) by name: give them the repo root.
+    # Only while this module's Ray starts (its workers inherit it), so no later test, and no
+    # command a test runs as a user would, sees it.
     root = str(Path(__file__).resolve().parents[1])
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
-    ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=True,
-             dashboard_host="127.0.0.1", num_cpus=2, configure_logging=False)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PYTHONPATH", os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+    try:
+        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=True,
+                 dashboard_host="127.0.0.1", num_cpus=2, configure_logging=False)
+    finally:
+        mp.undo()
     yield
     ray.shutdown()
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import free_port
+from tests.e2e.user_shell import user_env
 
 
 def ports(n: int) -> list[int]:
@@ -53,17 +54,20 @@ def stop_session(proc: subprocess.Popen, timeout: float = 30) -> None:
         proc.wait(timeout=10)
 
 
-def start_head(temp_dir: Path, bin_dir: Path, timeout: float = 120) -> tuple[subprocess.Popen, int]:
+def start_head(temp_dir: Path, bin_dir: Path, timeout: float = 120,
+               dashboard: bool = False) -> tuple[subprocess.Popen, int, int]:
     """``RAY_AUTH_MODE=token ray start --head --node-ip-address 127.0.0.1 --port PORT
     --dashboard-host 127.0.0.1 --num-cpus 2 --block`` (docs/deploy.md), with every other port
-    chosen free so it never meets another Ray on this machine; returns once Ray says it
-    started, with the process (stop it with ``stop_session``) and the GCS port."""
+    chosen free so it never meets another Ray on this machine, in the user's environment
+    with this virtualenv first on PATH (as after ``source .venv/bin/activate``); returns once
+    Ray says it started, with the process (stop it with ``stop_session``), the GCS port and
+    the dashboard port (``dashboard``: the job API, for ``lifelong submit``)."""
     gcs, dash, client, agent_http, agent_grpc, env_agent, metrics, node_mgr, obj_mgr = ports(9)
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
-    env.pop("RAY_ADDRESS", None)
+    env = {**user_env(), "RAY_AUTH_MODE": "token", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     cmd = [str(bin_dir / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
            "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
-           "--num-cpus", "2", "--object-store-memory", str(100 << 20),
+           *(["--include-dashboard", "true"] if dashboard else []), "--num-cpus", "2", "--object-store-memory", str(100 << 20),
            "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent_http),
            "--dashboard-agent-grpc-port", str(agent_grpc), "--runtime-env-agent-port", str(env_agent),
            "--metrics-export-port", str(metrics), "--node-manager-port", str(node_mgr),
@@ -78,4 +82,4 @@ def start_head(temp_dir: Path, bin_dir: Path, timeout: float = 120) -> tuple[sub
             stop_session(proc)
             raise RuntimeError(f"the Ray head did not come up:\n{log_path.read_text()[-2000:]}")
         time.sleep(0.5)
-    return proc, gcs
+    return proc, gcs, dash

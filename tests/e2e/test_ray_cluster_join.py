@@ -34,7 +34,7 @@ def lifelong_with(env: dict[str, str], *args: str, cwd: Path, timeout: float = 3
 def head() -> Iterator[tuple[int, Path]]:
     """A one-node token-auth head on 127.0.0.1; yields its GCS port and its temp dir."""
     temp_dir = Path(tempfile.mkdtemp(prefix="lfjoin"))  # short: Ray's socket paths live under it
-    proc, gcs = start_head(temp_dir, BIN)
+    proc, gcs, _ = start_head(temp_dir, BIN)
     try:
         yield gcs, temp_dir
     finally:

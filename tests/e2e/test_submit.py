@@ -8,7 +8,6 @@ every Ray on this machine."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from lifelong.platform import submit as submit_mod
 from lifelong.platform.cli import main
 from lifelong.platform.errors import SubmitError
 from tests.conftest import free_port
-from tests.e2e.ray_head import ports as _ports, stop_session as _stop_session
+from tests.e2e.ray_head import start_head, stop_session as _stop_session
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,21 +51,7 @@ def ray_head() -> Iterator[str]:
     header = _token_header()
     # short on purpose: Ray's unix socket paths under it must stay below 108 characters
     temp_dir = tempfile.mkdtemp(prefix="lfray")
-    gcs, dash, client, agent_http, agent_grpc, env_agent, metrics, node_mgr, obj_mgr = _ports(9)
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
-           # the job's `python` is this virtualenv's, as after `source .venv/bin/activate`
-           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    env.pop("RAY_ADDRESS", None)
-    cmd = [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
-           "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
-           "--include-dashboard", "true", "--num-cpus", "2", "--object-store-memory", str(100 << 20),
-           "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent_http),
-           "--dashboard-agent-grpc-port", str(agent_grpc), "--runtime-env-agent-port", str(env_agent),
-           "--metrics-export-port", str(metrics), "--node-manager-port", str(node_mgr),
-           "--object-manager-port", str(obj_mgr), "--temp-dir", temp_dir, "--disable-usage-stats"]
-    log = open(Path(temp_dir) / "head.log", "w")
-    proc = subprocess.Popen(cmd, cwd=temp_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc, _, dash = start_head(Path(temp_dir), BIN, dashboard=True)
     address = f"http://127.0.0.1:{dash}"
     mp = pytest.MonkeyPatch()
     try:
@@ -77,7 +62,6 @@ def ray_head() -> Iterator[str]:
     finally:
         mp.undo()
         _stop_session(proc)
-        log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
