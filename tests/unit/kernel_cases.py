@@ -56,8 +56,10 @@ def cases(shapes: list[tuple[int, int]], optimizers=tuple(OPTIMIZERS), scales=SC
 
 
 # Few and small: the interpreter is slow, a program per chunk (per element, for single-
-# element spans). Rows of 1100 span two 1024-element blocks.
+# element spans). Rows of 1100 span two 1024-element blocks; rows of 1056 (a multiple of
+# 16) take the kernels' aligned path.
 TRITON_CASES = (cases([(3, 1100)], spans=("none", "rows", "empty"), pulls=(True,))
+                + cases([(3, 1056)], spans=("rows",), pulls=(True,))
                 + cases([(2, 7)], scales=("uint8", "float"), pulls=(False,)))
 
 

@@ -22,9 +22,13 @@ from tests.unit import kernel_cases  # noqa: E402
 def chunk_check() -> None:
     """Spans cut into chunks of at most one block, in order, never across a span's end."""
     spans = torch.tensor([[0, 3], [3, 4], [10, 10], [20, 2100], [2100, 2101]])
-    starts, stops = triton_update.span_chunks(spans, n=2101, device=torch.device("cpu"), block=1024)
-    assert starts.tolist() == [0, 3, 20, 1044, 2068, 2100], starts.tolist()
-    assert stops.tolist() == [3, 4, 1044, 2068, 2100, 2101], stops.tolist()
+    chunks = triton_update.span_chunks(spans, n=2101, device=torch.device("cpu"), block=1024)
+    assert chunks.starts.tolist() == [0, 3, 20, 1044, 2068, 2100], chunks.starts.tolist()
+    assert chunks.stops.tolist() == [3, 4, 1044, 2068, 2100, 2101], chunks.stops.tolist()
+    assert not chunks.aligned
+    rows = torch.tensor([[0, 0], [32, 64], [2048, 4096]])
+    chunks = triton_update.span_chunks(rows, n=5000, device=torch.device("cpu"), block=1024)
+    assert chunks.starts.tolist() == [32, 2048, 3072] and chunks.aligned, chunks
 
 
 def main(out_path: str) -> None:
