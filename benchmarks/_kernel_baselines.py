@@ -78,8 +78,16 @@ def active_rows(shapes: list[tuple[int, int]], fraction: float, seed: int = 1) -
 
 
 def row_spans(shapes: list[tuple[int, int]], fraction: float) -> list[torch.Tensor]:
-    return [torch.stack([r * cols, (r + 1) * cols], 1)
-            for r, (_, cols) in zip(active_rows(shapes, fraction), shapes)]
+    """The active rows as element spans, a run of adjacent rows as one span (as a caller
+    that builds spans from a row mask would pass them)."""
+    spans = []
+    for rows, (_, cols) in zip(active_rows(shapes, fraction), shapes):
+        starts_run = torch.ones_like(rows, dtype=torch.bool)
+        starts_run[1:] = rows[1:] != rows[:-1] + 1
+        ends_run = torch.ones_like(starts_run)
+        ends_run[:-1] = starts_run[1:]
+        spans.append(torch.stack([rows[starts_run] * cols, (rows[ends_run] + 1) * cols], 1))
+    return spans
 
 
 def row_masks(shapes: list[tuple[int, int]], fraction: float) -> list[torch.Tensor]:
@@ -160,7 +168,8 @@ def _torch_adam(pb: Problem, **options: bool) -> torch.optim.Adam:
     opt = torch.optim.Adam(pb.params, lr=ADAM["lr"], betas=(ADAM["beta1"], ADAM["beta2"]),
                            eps=ADAM["eps"], weight_decay=ADAM["weight_decay"], **options)
     for p, m, v in zip(pb.params, pb.exp_avg, pb.exp_avg_sq):
-        opt.state[p].update(step=torch.tensor(float(FIRST_STEP - 1)), exp_avg=m, exp_avg_sq=v)
+        opt.state[p].update(step=torch.tensor(float(FIRST_STEP - 1), device=p.device), exp_avg=m,
+                            exp_avg_sq=v)
     return opt
 
 
