@@ -18,12 +18,13 @@
 enum { SCALE_NONE = 0, SCALE_U8 = 1, SCALE_F32 = 2 };
 enum { DECAY_NONE = 0, DECAY_L2 = 1, DECAY_DECOUPLED = 2 };
 
-/* Threads take the active elements in chunks of this many (a multiple of 16, so chunks
- * of a dense update start on 64-byte lines); an update of one chunk or less runs on the
- * calling thread alone, cheaper than waking the pool. */
-#ifndef CHUNK
-#define CHUNK 16384
+/* Threads take the active elements in chunks: about four per thread, within these
+ * bounds (multiples of 16, so the chunks of a dense update start on 64-byte lines). An
+ * update of one smallest chunk or less runs on the calling thread alone. */
+#ifndef CHUNK_MIN
+#define CHUNK_MIN 2048
 #endif
+#define CHUNK_MAX 65536
 
 typedef struct {
     float *param, *buf, *exp_avg, *exp_avg_sq;
@@ -140,8 +141,8 @@ static inline int64_t span_stop(const int64_t *spans, int64_t j, int64_t n) {
 /* Runs fn over the elements of the spans (all of [0, n) when n_spans < 0: an empty spans
  * tensor may come with a NULL pointer, so the count says "no spans").
  *
- * The active elements, numbered in span order, are cut into chunks of CHUNK that the
- * threads take in turn from a shared counter: a row-sparse step costs what it touches,
+ * The active elements, numbered in span order, are cut into chunks that the threads take
+ * in turn from a shared counter: a row-sparse step costs what it touches,
  * and a thread the OS descheduled (a shared machine) holds up at most one chunk, not half
  * of the work. Each thread's chunks come in increasing order, so it finds their spans with
  * a cursor that only moves forward. */
@@ -151,7 +152,9 @@ static void drive(range_fn fn, const Ctx *c, int64_t n, const int64_t *spans, in
     if (n_spans < 0) { spans = whole; n_spans = 1; }
     int64_t total = 0;
     for (int64_t j = 0; j < n_spans; j++) total += span_stop(spans, j, n) - span_start(spans, j, n);
-    const int64_t n_chunks = (total + CHUNK - 1) / CHUNK;
+    int64_t chunk = total / (4 * (int64_t)(n_threads > 0 ? n_threads : 1)) / 16 * 16;
+    chunk = chunk < CHUNK_MIN ? CHUNK_MIN : (chunk > CHUNK_MAX ? CHUNK_MAX : chunk);
+    const int64_t n_chunks = (total + chunk - 1) / chunk;
     if (n_threads <= 1 || n_chunks < 2) {
         for (int64_t j = 0; j < n_spans; j++) {
             const int64_t a = span_start(spans, j, n), b = span_stop(spans, j, n);
@@ -164,11 +167,11 @@ static void drive(range_fn fn, const Ctx *c, int64_t n, const int64_t *spans, in
     {
         int64_t j = 0, seen = 0;  /* cursor: span j, with `seen` active elements before it */
         for (;;) {
-            int64_t chunk;
+            int64_t taken;
             #pragma omp atomic capture
-            chunk = next_chunk++;
-            if (chunk >= n_chunks) break;
-            const int64_t lo = chunk * CHUNK, hi = lo + CHUNK < total ? lo + CHUNK : total;
+            taken = next_chunk++;
+            if (taken >= n_chunks) break;
+            const int64_t lo = taken * chunk, hi = lo + chunk < total ? lo + chunk : total;
             for (;;) {  /* move to the span holding element lo */
                 const int64_t len = span_stop(spans, j, n) - span_start(spans, j, n);
                 if (seen + len > lo) break;
