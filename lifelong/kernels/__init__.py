@@ -8,7 +8,6 @@ back to the reference with one warning line when a kernel cannot be built.
 
 from __future__ import annotations
 
-import logging
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Union
@@ -28,8 +27,6 @@ class Kernels:
 
 
 REFERENCE = Kernels("reference", reference.sgd_update, reference.adam_update)
-
-log = logging.getLogger(__name__)
 
 
 class KernelFallbackWarning(RuntimeWarning):

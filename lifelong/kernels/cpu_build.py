@@ -113,5 +113,9 @@ def _cpu_fingerprint() -> str:
     except OSError:
         return f"{platform.machine()} {platform.processor()}"
     wanted = ("model name", "flags", "Features", "CPU part")
-    picked = {line.split(":", 1)[0].strip(): line for line in lines if line.split(":", 1)[0].strip() in wanted}
+    picked = {}
+    for line in lines:
+        key = line.split(":", 1)[0].strip()
+        if key in wanted:
+            picked[key] = line  # the same on every core
     return "\n".join(sorted(picked.values()))

@@ -108,7 +108,8 @@ static inline __attribute__((always_inline)) void adam_body(
 #define SGD_FN(PULL, DECAY, MOM, KIND) \
     static void sgd_##PULL##DECAY##MOM##KIND(const Ctx *c, int64_t lo, int64_t hi) { \
         sgd_body(c, lo, hi, PULL, DECAY, MOM, KIND); }
-#define SGD_KINDS(PULL, DECAY, MOM) SGD_FN(PULL, DECAY, MOM, 0) SGD_FN(PULL, DECAY, MOM, 1) SGD_FN(PULL, DECAY, MOM, 2)
+#define SGD_KINDS(PULL, DECAY, MOM) \
+    SGD_FN(PULL, DECAY, MOM, 0) SGD_FN(PULL, DECAY, MOM, 1) SGD_FN(PULL, DECAY, MOM, 2)
 #define SGD_MOMS(PULL, DECAY) SGD_KINDS(PULL, DECAY, 0) SGD_KINDS(PULL, DECAY, 1)
 SGD_MOMS(0, 0) SGD_MOMS(0, 1) SGD_MOMS(1, 0) SGD_MOMS(1, 1)
 
@@ -130,9 +131,14 @@ static const range_fn ADAM_TABLE[2][3][3] = {
     {AROW3(1, 0), AROW3(1, 1), AROW3(1, 2)},
 };
 
-static inline int64_t clamp64(int64_t x, int64_t lo, int64_t hi) { return x < lo ? lo : (x > hi ? hi : x); }
+static inline int64_t clamp64(int64_t x, int64_t lo, int64_t hi) {
+    return x < lo ? lo : (x > hi ? hi : x);
+}
 
-static inline int64_t span_start(const int64_t *spans, int64_t j, int64_t n) { return clamp64(spans[2 * j], 0, n); }
+/* Span j clamped to [0, n): the C side never trusts an index to stay in bounds. */
+static inline int64_t span_start(const int64_t *spans, int64_t j, int64_t n) {
+    return clamp64(spans[2 * j], 0, n);
+}
 static inline int64_t span_stop(const int64_t *spans, int64_t j, int64_t n) {
     const int64_t a = span_start(spans, j, n), b = clamp64(spans[2 * j + 1], 0, n);
     return b > a ? b : a;  /* an empty or reversed span covers nothing */
