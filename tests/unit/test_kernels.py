@@ -66,6 +66,19 @@ def test_the_check_catches_a_kernel_that_moves_frozen_elements() -> None:
         kernel_cases.check(Case("sgd_momentum", "uint8", "none", False, 4, 8), ignores_scale, None)
 
 
+def test_a_bool_mask_acts_as_uint8(cpu_kernels: kernels.Kernels) -> None:
+    g = torch.Generator().manual_seed(7)
+    param, grad, buf = (torch.randn(1000, generator=g) for _ in range(3))
+    mask = torch.rand(1000, generator=g) < 0.5
+    results = []
+    for scale in (mask, mask.to(torch.uint8)):
+        p, b = param.clone(), buf.clone()
+        cpu_kernels.sgd_update(p, grad, b, lr=0.1, momentum=0.9, weight_decay=0.0, scale=scale)
+        results.append((p, b))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+    assert torch.equal(results[0][0][~mask], param[~mask]) and not torch.equal(results[0][0], param)
+
+
 def test_bad_inputs_are_refused(cpu_kernels: kernels.Kernels) -> None:
     p, g = torch.zeros(8, 8), torch.zeros(64)
     with pytest.raises(ValueError, match="contiguous"):
