@@ -8,8 +8,10 @@ back to the reference with one warning line when a kernel cannot be built.
 
 from __future__ import annotations
 
+import logging
+import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Union
 
 import torch
 
@@ -27,8 +29,42 @@ class Kernels:
 
 REFERENCE = Kernels("reference", reference.sgd_update, reference.adam_update)
 
+log = logging.getLogger(__name__)
 
-def select(device: torch.device, choice: str = "auto") -> Kernels:
+
+class KernelFallbackWarning(RuntimeWarning):
+    """A fused kernel was wanted but cannot run here; the reference is used instead."""
+
+
+# One selection per (device type, choice) and process: the build, the import and the
+# fallback warning happen once.
+_selected: dict[tuple[str, str], Kernels] = {}
+
+
+def select(device: Union[torch.device, str], choice: str = "auto") -> Kernels:
     """``choice``: auto (the fused kernel for ``device``, else the reference with a warning)
     or reference."""
+    if choice not in ("auto", "reference"):
+        raise ValueError(f"kernel choice must be 'auto' or 'reference', not {choice!r}")
+    device_type = torch.device(device).type
+    key = (device_type, choice)
+    if key not in _selected:
+        _selected[key] = REFERENCE if choice == "reference" else _fused_or_reference(device_type)
+    return _selected[key]
+
+
+def _fused_or_reference(device_type: str) -> Kernels:
+    try:
+        if device_type == "cpu":
+            from lifelong.kernels import cpu
+            sgd_update, adam_update = cpu.load_kernels()
+            return Kernels("cpu", sgd_update, adam_update)
+        if device_type == "cuda":
+            from lifelong.kernels import triton_update
+            return Kernels("triton", triton_update.sgd_update, triton_update.adam_update)
+        reason = f"no fused kernel for device type {device_type!r}"
+    except Exception as exc:  # noqa: BLE001 - any failure to build or import means the reference
+        reason = f"{type(exc).__name__}: {exc}"
+    warnings.warn(f"lifelong.kernels: using the reference updates on {device_type} ({reason})",
+                  KernelFallbackWarning, stacklevel=3)
     return REFERENCE
