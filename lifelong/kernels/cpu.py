@@ -36,17 +36,15 @@ def load_kernels() -> tuple[Callable[..., None], Callable[..., None]]:
                    lr: float, momentum: float, weight_decay: float,
                    scale: Optional[torch.Tensor] = None, spans: Optional[torch.Tensor] = None,
                    pull: Optional[Pull] = None) -> None:
-        n = _numel(param)
-        _same(grad, n, "grad")
-        if momentum:
-            if momentum_buffer is None:
-                raise ValueError("momentum != 0 needs a momentum_buffer")
-            _same(momentum_buffer, n, "momentum_buffer")
-        scale_ptr, kind = _scale(scale, n)
-        span_ptr, n_spans = _spans(spans)
-        curv_ptr, off_ptr, lam = _pull(pull, n)
-        c_sgd(param.data_ptr(), grad.data_ptr(), momentum_buffer.data_ptr() if momentum else None, n,
-              scale_ptr, kind, span_ptr, n_spans, curv_ptr, off_ptr, lam,
+        n = param.numel()
+        if momentum and momentum_buffer is None:
+            raise ValueError("momentum != 0 needs a momentum_buffer")
+        lam, curvature, offset = pull if pull is not None else (0.0, None, None)
+        c_sgd(_ptr(param, n, "param"), _ptr(grad, n, "grad"),
+              _ptr(momentum_buffer, n, "momentum_buffer") if momentum else None, n,
+              *_scale(scale, n), *_spans(spans),
+              _ptr(curvature, n, "curvature") if pull is not None else None,
+              _ptr(offset, n, "offset") if pull is not None else None, lam,
               lr, momentum, weight_decay, 1 if momentum else 0, 1 if weight_decay else 0,
               torch.get_num_threads())
 
@@ -55,40 +53,29 @@ def load_kernels() -> tuple[Callable[..., None], Callable[..., None]]:
                     eps: float, weight_decay: float, decoupled: bool,
                     scale: Optional[torch.Tensor] = None, spans: Optional[torch.Tensor] = None,
                     pull: Optional[Pull] = None) -> None:
-        n = _numel(param)
-        _same(grad, n, "grad")
-        _same(exp_avg, n, "exp_avg")
-        _same(exp_avg_sq, n, "exp_avg_sq")
-        scale_ptr, kind = _scale(scale, n)
-        span_ptr, n_spans = _spans(spans)
-        curv_ptr, off_ptr, lam = _pull(pull, n)
+        n = param.numel()
+        lam, curvature, offset = pull if pull is not None else (0.0, None, None)
         # The scalars as the reference computes them (in double, rounded to fp32 by torch).
         bias1 = 1 - beta1 ** step
         bias2_sqrt = (1 - beta2 ** step) ** 0.5
-        decay_kind = 0 if not weight_decay else (2 if decoupled else 1)
-        c_adam(param.data_ptr(), grad.data_ptr(), exp_avg.data_ptr(), exp_avg_sq.data_ptr(), n,
-               scale_ptr, kind, span_ptr, n_spans, curv_ptr, off_ptr, lam,
+        c_adam(_ptr(param, n, "param"), _ptr(grad, n, "grad"), _ptr(exp_avg, n, "exp_avg"),
+               _ptr(exp_avg_sq, n, "exp_avg_sq"), n, *_scale(scale, n), *_spans(spans),
+               _ptr(curvature, n, "curvature") if pull is not None else None,
+               _ptr(offset, n, "offset") if pull is not None else None, lam,
                1 - beta1, beta2, 1 - beta2, lr / bias1, bias2_sqrt, eps, weight_decay,
-               lr * weight_decay, decay_kind, torch.get_num_threads())
+               lr * weight_decay, 0 if not weight_decay else (2 if decoupled else 1),
+               torch.get_num_threads())
 
     return sgd_update, adam_update
 
 
-def _numel(param: torch.Tensor) -> int:
-    _check(param, "param", torch.float32)
-    return param.numel()
-
-
-def _same(t: torch.Tensor, n: int, name: str, dtype: torch.dtype = torch.float32) -> None:
-    _check(t, name, dtype)
-    if t.numel() != n:
-        raise ValueError(f"{name} has {t.numel()} elements, the parameter {n}")
-
-
-def _check(t: torch.Tensor, name: str, dtype: torch.dtype) -> None:
-    if t.dtype != dtype or not t.is_cpu or not t.is_contiguous():
-        raise ValueError(f"{name} must be a contiguous CPU {dtype} tensor, not {t.dtype} on "
-                         f"{t.device} (contiguous: {t.is_contiguous()})")
+def _ptr(t: torch.Tensor, n: int, name: str, dtype: torch.dtype = torch.float32) -> int:
+    """``t``'s data pointer, once it is known to be a contiguous CPU tensor of ``n`` elements
+    (the C side trusts it). Lean: this runs several times per update."""
+    if t.dtype != dtype or t.numel() != n or not t.is_contiguous() or not t.is_cpu:
+        raise ValueError(f"{name} must be a contiguous CPU {dtype} tensor of {n} elements, not "
+                         f"{t.dtype} {tuple(t.shape)} on {t.device} (contiguous: {t.is_contiguous()})")
+    return t.data_ptr()
 
 
 def _scale(scale: Optional[torch.Tensor], n: int) -> tuple[Optional[int], int]:
@@ -97,23 +84,13 @@ def _scale(scale: Optional[torch.Tensor], n: int) -> tuple[Optional[int], int]:
     kind = _SCALE_KIND.get(scale.dtype)
     if kind is None:
         raise ValueError(f"scale must be uint8 or float32, not {scale.dtype}")
-    _same(scale, n, "scale", scale.dtype)
-    return scale.data_ptr(), kind
+    return _ptr(scale, n, "scale", scale.dtype), kind
 
 
 def _spans(spans: Optional[torch.Tensor]) -> tuple[Optional[int], int]:
     if spans is None:
         return None, -1  # "no spans": an empty spans tensor's pointer may be NULL too
-    _check(spans, "spans", torch.int64)
     if spans.dim() != 2 or spans.shape[1] != 2:
         raise ValueError(f"spans must have shape (k, 2), not {tuple(spans.shape)}")
-    return spans.data_ptr(), spans.shape[0]
-
-
-def _pull(pull: Optional[Pull], n: int) -> tuple[Optional[int], Optional[int], float]:
-    if pull is None:
-        return None, None, 0.0
-    lam, curvature, offset = pull
-    _same(curvature, n, "pull curvature")
-    _same(offset, n, "pull offset")
-    return curvature.data_ptr(), offset.data_ptr(), lam
+    k = spans.shape[0]
+    return _ptr(spans, 2 * k, "spans", torch.int64), k

@@ -18,6 +18,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import torch
+
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("cpu_update.c")
@@ -42,19 +44,35 @@ def load() -> ctypes.CDLL:
     """The compiled kernel library, built first if this machine has no cached copy."""
     cc = compiler()
     source = SOURCE.read_bytes()
+    link = torch_openmp_flags()
     key = hashlib.sha256(b"\0".join([
-        source, " ".join(FLAGS).encode(), _compiler_version(cc).encode(), _cpu_fingerprint().encode(),
+        source, " ".join(FLAGS + link).encode(), _compiler_version(cc).encode(),
+        _cpu_fingerprint().encode(),
     ])).hexdigest()[:24]
     target = cache_dir() / f"{key}.so"
     if not target.exists():
-        _build(cc, target)
+        _build(cc, target, link)
     try:
         return ctypes.CDLL(str(target))
     except OSError as exc:
         raise KernelBuildError(f"cannot load {target}: {exc}") from exc
 
 
-def _build(cc: str, target: Path) -> None:
+def torch_openmp_flags() -> tuple[str, ...]:
+    """Link against torch's own libgomp, so the process keeps one OpenMP thread pool.
+
+    With two runtimes, each pool's idle threads spin for a while after every parallel
+    region and fight the other's for the cores. Where torch's copy has the system's soname
+    (libgomp.so.1) the loader shares it anyway; wheels that bundle a renamed copy need this.
+    ``--as-needed`` then drops the system libgomp that ``-fopenmp`` adds."""
+    lib_dir = Path(torch.__file__).parent / "lib"
+    bundled = sorted(lib_dir.glob("libgomp*.so*"))
+    if not bundled:
+        return ()
+    return ("-Wl,--as-needed", f"-L{lib_dir}", f"-l:{bundled[0].name}", f"-Wl,-rpath,{lib_dir}")
+
+
+def _build(cc: str, target: Path, link: tuple[str, ...]) -> None:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -62,7 +80,7 @@ def _build(cc: str, target: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".so.tmp", dir=target.parent)
     os.close(fd)
     try:
-        cmd = [cc, *FLAGS, "-o", tmp, str(SOURCE)]
+        cmd = [cc, *FLAGS, "-o", tmp, str(SOURCE), *link]  # libraries after the source
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         except (OSError, subprocess.TimeoutExpired) as exc:

@@ -18,12 +18,12 @@
 enum { SCALE_NONE = 0, SCALE_U8 = 1, SCALE_F32 = 2 };
 enum { DECAY_NONE = 0, DECAY_L2 = 1, DECAY_DECOUPLED = 2 };
 
-/* Below this many active elements one thread is faster than waking the pool. */
-#ifndef PARALLEL_MIN
-#define PARALLEL_MIN 65536
+/* Threads take the active elements in chunks of this many (a multiple of 16, so chunks
+ * of a dense update start on 64-byte lines); an update of one chunk or less runs on the
+ * calling thread alone, cheaper than waking the pool. */
+#ifndef CHUNK
+#define CHUNK 16384
 #endif
-/* Thread chunks start on multiples of this (one 64-byte line of fp32). */
-#define CHUNK_ALIGN 16
 
 typedef struct {
     float *param, *buf, *exp_avg, *exp_avg_sq;
@@ -131,41 +131,57 @@ static const range_fn ADAM_TABLE[2][3][3] = {
 
 static inline int64_t clamp64(int64_t x, int64_t lo, int64_t hi) { return x < lo ? lo : (x > hi ? hi : x); }
 
-/* Runs fn over the elements of the spans (all of [0, n) when n_spans < 0; an empty spans
- * tensor may come with a NULL pointer, so the count says "no spans"), splitting
- * the active elements evenly between threads so a row-sparse step costs what it touches. */
+static inline int64_t span_start(const int64_t *spans, int64_t j, int64_t n) { return clamp64(spans[2 * j], 0, n); }
+static inline int64_t span_stop(const int64_t *spans, int64_t j, int64_t n) {
+    const int64_t a = span_start(spans, j, n), b = clamp64(spans[2 * j + 1], 0, n);
+    return b > a ? b : a;  /* an empty or reversed span covers nothing */
+}
+
+/* Runs fn over the elements of the spans (all of [0, n) when n_spans < 0: an empty spans
+ * tensor may come with a NULL pointer, so the count says "no spans").
+ *
+ * The active elements, numbered in span order, are cut into chunks of CHUNK that the
+ * threads take in turn from a shared counter: a row-sparse step costs what it touches,
+ * and a thread the OS descheduled (a shared machine) holds up at most one chunk, not half
+ * of the work. Each thread's chunks come in increasing order, so it finds their spans with
+ * a cursor that only moves forward. */
 static void drive(range_fn fn, const Ctx *c, int64_t n, const int64_t *spans, int64_t n_spans,
                   int n_threads) {
     const int64_t whole[2] = {0, n};
     if (n_spans < 0) { spans = whole; n_spans = 1; }
     int64_t total = 0;
-    for (int64_t j = 0; j < n_spans; j++) {
-        const int64_t a = clamp64(spans[2 * j], 0, n), b = clamp64(spans[2 * j + 1], 0, n);
-        if (b > a) total += b - a;
-    }
-    if (n_threads <= 1 || total < PARALLEL_MIN) {
+    for (int64_t j = 0; j < n_spans; j++) total += span_stop(spans, j, n) - span_start(spans, j, n);
+    const int64_t n_chunks = (total + CHUNK - 1) / CHUNK;
+    if (n_threads <= 1 || n_chunks < 2) {
         for (int64_t j = 0; j < n_spans; j++) {
-            const int64_t a = clamp64(spans[2 * j], 0, n), b = clamp64(spans[2 * j + 1], 0, n);
+            const int64_t a = span_start(spans, j, n), b = span_stop(spans, j, n);
             if (b > a) fn(c, a, b);
         }
         return;
     }
-    #pragma omp parallel num_threads(n_threads)
+    int64_t next_chunk = 0;
+    #pragma omp parallel num_threads(n_threads < n_chunks ? n_threads : (int)n_chunks)
     {
-        const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
-        const int64_t lo = t == 0 ? 0 : (total * t / T) / CHUNK_ALIGN * CHUNK_ALIGN;
-        const int64_t hi = t == T - 1 ? total : (total * (t + 1) / T) / CHUNK_ALIGN * CHUNK_ALIGN;
-        int64_t seen = 0;  /* active elements before span j */
-        for (int64_t j = 0; j < n_spans && seen < hi; j++) {
-            const int64_t a = clamp64(spans[2 * j], 0, n), b = clamp64(spans[2 * j + 1], 0, n);
-            if (b <= a) continue;
-            const int64_t len = b - a;
-            if (seen + len > lo) {
-                const int64_t from = lo > seen ? lo - seen : 0;
-                const int64_t to = hi - seen < len ? hi - seen : len;
-                if (to > from) fn(c, a + from, a + to);
+        int64_t j = 0, seen = 0;  /* cursor: span j, with `seen` active elements before it */
+        for (;;) {
+            int64_t chunk;
+            #pragma omp atomic capture
+            chunk = next_chunk++;
+            if (chunk >= n_chunks) break;
+            const int64_t lo = chunk * CHUNK, hi = lo + CHUNK < total ? lo + CHUNK : total;
+            for (;;) {  /* move to the span holding element lo */
+                const int64_t len = span_stop(spans, j, n) - span_start(spans, j, n);
+                if (seen + len > lo) break;
+                seen += len;
+                j++;
             }
-            seen += len;
+            for (int64_t k = j, before = seen; k < n_spans && before < hi; k++) {
+                const int64_t a = span_start(spans, k, n), len = span_stop(spans, k, n) - a;
+                const int64_t from = lo > before ? lo - before : 0;
+                const int64_t to = hi - before < len ? hi - before : len;
+                if (to > from) fn(c, a + from, a + to);
+                before += len;
+            }
         }
     }
 }

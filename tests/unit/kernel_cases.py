@@ -38,6 +38,9 @@ class Case:
     rows: int
     cols: int
     seed: int = 0
+    # The reference gets the spans as a uint8 mask instead (the same update; scale must be
+    # "none"): its loop over spans is slow for many single-element spans.
+    spans_as_mask: bool = False
 
     @property
     def id(self) -> str:
@@ -69,18 +72,22 @@ def check(case: Case, sgd_update: Callable[..., None], adam_update: Callable[...
     spans = _spans(case.spans, case.rows, case.cols, g)
     pull = (0.5, torch.rand(n, generator=g), torch.randn(n, generator=g)) if case.pull else None
     grads = [torch.randn(n, generator=g) for _ in range(STEPS)]
+    frozen = _frozen(scale, spans, n)
+    ref_extra = {"scale": scale, "spans": spans, "pull": pull}
+    if case.spans_as_mask:
+        assert scale is None, "spans_as_mask replaces the scale"
+        ref_extra.update(scale=(~frozen).to(torch.uint8), spans=None)
     ours = {k: v.clone() for k, v in initial.items()}
     theirs = {k: v.clone() for k, v in initial.items()}
+    extra = {"scale": scale, "spans": spans, "pull": pull}
     for step, grad in enumerate(grads, start=1):
-        extra = {"scale": scale, "spans": spans, "pull": pull}
         if kind == "sgd":
-            for impl, state in ((sgd_update, ours), (reference.sgd_update, theirs)):
-                impl(state["param"], grad, state.get("momentum_buffer"), **hyper, **extra)
+            for impl, state, kw in ((sgd_update, ours, extra), (reference.sgd_update, theirs, ref_extra)):
+                impl(state["param"], grad, state.get("momentum_buffer"), **hyper, **kw)
         else:
-            for impl, state in ((adam_update, ours), (reference.adam_update, theirs)):
+            for impl, state, kw in ((adam_update, ours, extra), (reference.adam_update, theirs, ref_extra)):
                 impl(state["param"], grad, state["exp_avg"], state["exp_avg_sq"], step=step,
-                     **hyper, **extra)
-    frozen = _frozen(scale, spans, n)
+                     **hyper, **kw)
     for name, start in initial.items():
         got, want = ours[name], theirs[name]
         changed = (got.view(torch.int32) != start.view(torch.int32)) & frozen
@@ -111,14 +118,19 @@ def _scale(kind: str, n: int, g: torch.Generator) -> Optional[torch.Tensor]:
 
 def _spans(kind: str, rows: int, cols: int, g: torch.Generator) -> Optional[torch.Tensor]:
     """``rows``: a random subset of the rows of a (rows, cols) weight, adjacent ones left
-    as touching spans; ``elements``: single-element spans."""
+    as touching spans, with a zero-length span before every third; ``elements``:
+    single-element spans."""
     if kind == "none":
         return None
     if kind == "empty":
         return torch.zeros((0, 2), dtype=torch.int64)
     if kind == "rows":
         picked = torch.nonzero(torch.rand(rows, generator=g) < 0.4).flatten()
-        return torch.stack([picked * cols, (picked + 1) * cols], dim=1).contiguous()
+        spans = torch.stack([picked * cols, (picked + 1) * cols], dim=1)
+        empty = spans[::3].clone()  # zero-length spans, as an empty row's would be
+        empty[:, 1] = empty[:, 0]
+        both = torch.cat([empty, spans])
+        return both[torch.argsort(2 * both[:, 0] + (both[:, 1] > both[:, 0]))].contiguous()
     picked = torch.nonzero(torch.rand(rows * cols, generator=g) < 0.3).flatten()
     return torch.stack([picked, picked + 1], dim=1).contiguous()
 

@@ -21,9 +21,10 @@ from tests.unit.kernel_cases import Case
 
 SMALL = [(1, 1), (3, 5), (16, 65)]  # 1, 15 and 1040 elements: none a multiple of 16
 LARGE = (300, 1031)  # 309,300 elements: the multi-threaded path, with or without spans
-LARGE_CASES = [Case(optimizer, scale, spans, True, *LARGE, seed=i)
+LARGE_CASES = [Case(optimizer, scale, spans, True, *LARGE, seed=i, spans_as_mask=spans == "elements")
                for i, optimizer in enumerate(kernel_cases.OPTIMIZERS)
-               for scale, spans in (("uint8", "none"), ("float", "rows"), ("none", "rows"))]
+               for scale, spans in (("uint8", "none"), ("float", "rows"), ("none", "rows"),
+                                    ("none", "elements"))]
 
 
 @pytest.fixture(scope="module")
