@@ -49,10 +49,13 @@ class StrategyConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"  # sgd | adam
+    name: str = "sgd"  # sgd | adam | adamw (decoupled weight decay)
     lr: float = 0.05
-    momentum: float = 0.0
+    momentum: float = 0.0  # sgd
     weight_decay: float = 0.0
+    beta1: float = 0.9  # adam, adamw
+    beta2: float = 0.999
+    eps: float = 1e-8
 
 
 @dataclass
@@ -72,6 +75,7 @@ class EngineConfig:
     max_failures: int = 2  # worker-group restarts from the last task boundary
     checkpoint_every: int = 1  # tasks between checkpoints (always after the last); resume goes back to the latest
     storage_path: Optional[str] = None  # checkpoints; None = ./.lifelong/ray; a filesystem every node mounts on clusters
+    kernels: str = "auto"  # the fused update: auto (C/OpenMP on CPU, Triton on CUDA) | reference (plain torch)
 
 
 @dataclass
@@ -117,9 +121,10 @@ class RunConfig:
 
 _CHOICES: dict[str, tuple[str, ...]] = {
     "model.activation": ("relu", "tanh"),
-    "optim.name": ("sgd", "adam"),
+    "optim.name": ("sgd", "adam", "adamw"),
     "stream.setting": ("task", "domain", "class"),
     "engine.backend": ("deepspeed", "torch"),
+    "engine.kernels": ("auto", "reference"),
     "eval.tasks": ("all", "seen"),
 }
 
@@ -251,6 +256,12 @@ def _check_values(cfg: RunConfig) -> None:
     require("://" not in (cfg.engine.storage_path or ""), "engine.storage_path",
             f"must be a directory (on a cluster, one every node mounts), got {cfg.engine.storage_path!r}")
     require(cfg.optim.lr > 0, "optim.lr", f"must be > 0, got {cfg.optim.lr}")
+    require(cfg.optim.momentum >= 0, "optim.momentum", f"must be >= 0, got {cfg.optim.momentum}")
+    require(cfg.optim.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {cfg.optim.weight_decay}")
+    for key in ("beta1", "beta2"):
+        beta = getattr(cfg.optim, key)
+        require(0 <= beta < 1, f"optim.{key}", f"must be in [0, 1), got {beta}")
+    require(cfg.optim.eps > 0, "optim.eps", f"must be > 0, got {cfg.optim.eps}")
     require(cfg.probes.every >= 0, "probes.every", f"must be >= 0 (0 = task ends only), got {cfg.probes.every}")
     require(cfg.probes.rows >= 1, "probes.rows", f"must be >= 1, got {cfg.probes.rows}")
     require(not cfg.probes.enabled or bool(cfg.model.hidden or cfg.model.conv), "probes.enabled",

@@ -61,6 +61,16 @@ class PlatformContext:
     def reset_optimizer_state(self, name: str, mask: Optional[torch.Tensor] = None) -> None:
         self.engine.reset_optimizer_state(name, mask)
 
+    def update_mask(self, name: str, mask: Optional[torch.Tensor]) -> None:
+        self.engine.update_mask(name, mask)
+
+    def update_masks(self) -> dict[str, torch.Tensor]:
+        return dict(self.engine.rules.masks)
+
+    def set_pull(self, name: str, lam: float, curvature: Optional[torch.Tensor],
+                 offset: Optional[torch.Tensor]) -> None:
+        self.engine.set_pull(name, lam, curvature, offset)
+
     # -- collectives ---------------------------------------------------------------------
     def reduce(self, tensor: torch.Tensor, op: Literal["sum", "mean"] = "sum") -> torch.Tensor:
         if self.world_size == 1:

@@ -24,10 +24,11 @@ TrainingState = dict[str, Any]
 
 
 def capture_training_state(engine: Any) -> TrainingState:
-    """Collective: full fp32 parameters and full optimizer state, keyed by parameter name,
-    on every rank, as CPU tensors:
+    """Collective: full fp32 parameters, full optimizer state and update masks, keyed by
+    parameter name, on every rank, as CPU tensors:
     ``{"params": {name: Tensor}, "optimizer": {name: {state_key: Tensor}},
-    "optimizer_step": int | None}`` (``optimizer`` is empty before the first step)."""
+    "optimizer_step": int | None, "update_masks": {name: Tensor}}`` (``optimizer`` is empty
+    before the first step; a mask is as a strategy gave it, see update_rules.py)."""
     params = {n: v.detach().to("cpu", copy=True) for n, v in engine.full_params().items()}
     inner = _inner_optimizer(engine)
     keys = held_state_keys(inner)
@@ -37,7 +38,8 @@ def capture_training_state(engine: Any) -> TrainingState:
                  if (v := _get_state(engine, inner, param, k)) is not None}
         if entry:
             optimizer[name] = entry
-    return {"params": params, "optimizer": optimizer, "optimizer_step": _optimizer_step(inner)}
+    return {"params": params, "optimizer": optimizer, "optimizer_step": _optimizer_step(inner),
+            "update_masks": {n: m.clone() for n, m in engine.rules.masks.items()}}
 
 
 def restore_training_state(engine: Any, state: TrainingState, sample_input: torch.Tensor) -> None:
@@ -59,6 +61,8 @@ def restore_training_state(engine: Any, state: TrainingState, sample_input: torc
     with engine.gathered() as params:  # writes the module's copy and the fp32 master alike
         for name, value in params.items():
             value.copy_(state["params"][name].to(value.device))
+    for name in set(engine.rules.masks) | set(state.get("update_masks", {})):
+        engine.update_mask(name, state.get("update_masks", {}).get(name))
     if not saved_keys:  # never stepped: make a stepped engine's state act as a fresh one's
         _reset_to_unstepped(engine, inner, have)
         return
@@ -71,7 +75,7 @@ def restore_training_state(engine: Any, state: TrainingState, sample_input: torc
 def _inner_optimizer(engine: Any) -> torch.optim.Optimizer:
     """The torch optimizer that holds the state: ZeRO>=1 wraps it (and keys its state by
     flat fp32 partitions); at ZeRO-0 and in the plain engine it is the optimizer itself."""
-    return engine.optimizer.optimizer if engine.zero_stage >= 1 else engine.optimizer
+    return engine.inner_optimizer
 
 
 def _get_state(engine: Any, inner: torch.optim.Optimizer, param: nn.Parameter,
@@ -152,7 +156,8 @@ def _check_fits(engine: Any, state: TrainingState) -> None:
         raise ValueError(f"not a training state: no {', '.join(missing)}")
     names = set(engine.named)
     absent = sorted(names - set(state["params"]))
-    unknown = sorted((set(state["params"]) | set(state["optimizer"])) - names)
+    unknown = sorted((set(state["params"]) | set(state["optimizer"])
+                      | set(state.get("update_masks", {}))) - names)
     if absent or unknown:
         parts = [f"missing parameter {', '.join(map(repr, absent))}" if absent else "",
                  f"unknown parameter {', '.join(map(repr, unknown))}" if unknown else ""]

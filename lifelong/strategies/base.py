@@ -7,22 +7,42 @@ gradient and collective operations are correct at every engine and ZeRO stage th
 platform lets it run on. A strategy states what it has been *proven* correct on
 (``support``); the platform refuses anything else before compute.
 
-Where the planned strategies plug in:
-- EWC: ``on_task_end`` estimates Fisher F and anchor theta*; ``transform_grads`` adds
-  lam * F * (theta - theta*) to the full gradient.
-- Continual backprop: ``wrap_model`` adds utility trackers (forward hooks);
-  ``after_step`` re-initialises low-utility mature units inside ``ctx.gathered()`` and
-  calls ``ctx.reset_optimizer_state(name, mask)`` for their rows.
-- GateON: ``wrap_model`` inserts context gates; ``transform_grads`` multiplies grads by
-  unit availability; ``on_task_end`` commits relevance.
+How a strategy says what may move: ``ctx.update_mask(name, mask)``. The optimizer step
+(a fused kernel, lifelong/kernels) honours it exactly, at every ZeRO stage and world size:
+
+- ``mask`` holds values in [0, 1], shaped like the parameter (elements), ``(shape[0],)``
+  (rows: a unit's incoming weights and bias; one expert of a stacked ``(experts, ...)``
+  tensor) or ``()`` (the whole tensor); ``None`` removes it. It holds until changed, and
+  checkpoints carry it.
+- ``0`` freezes: the entry *and* its optimizer state (momentum, Adam's moments) are
+  bit-identical after every step, weight decay included -- zeroing a gradient is not
+  freezing. Frozen rows cost nothing: the kernels skip them.
+- ``s`` in (0, 1] scales: the entry moves by ``s`` times the dense step's change (its
+  optimizer state updates as in the dense step).
+- Every rank must set the same masks (compute them from reduced statistics).
+
+``ctx.set_pull(name, lam, curvature, offset)`` adds ``lam * (curvature * theta - offset)``
+to the gradient inside the same fused step: any sum of diagonal quadratic penalties
+``lam/2 * F_t (theta - theta*_t)^2`` (EWC) with ``curvature = sum F_t``, ``offset = sum
+F_t theta*_t``, at no extra pass over the parameters.
+
+Where the strategies plug in:
+- EWC: ``on_task_end`` estimates Fisher F and anchor theta*, and sets the pull.
+- Continual backprop, ReDo: ``wrap_model`` adds activity trackers (forward hooks);
+  ``after_step`` re-initialises units inside ``ctx.gathered()`` and calls
+  ``ctx.reset_optimizer_state(name, mask)`` for their rows (a local write on each rank).
+- GateON: ``wrap_model`` inserts context gates; unit availability A becomes the rows'
+  update scale, ``ctx.update_mask(weight, A)`` (A = 0: frozen), committed at a context switch.
+- MoE routing: experts are pre-allocated stacked tensors; ``ctx.update_mask(experts, m)``
+  with ``m`` 0 for unused and finished experts, 1 for the ones training now.
 - Hypernetwork CL: ``wrap_model`` returns a module whose target weights come from
-  h(task embedding); ``loss_terms`` adds beta * sum ||h(e_t') - h*(e_t')||^2 over past tasks.
-- MoE routing: ``wrap_model`` builds experts and a router, ``on_task_start`` adds an
-  expert, ``loss_terms`` returns routing/load-balance losses, ``transform_grads``
-  zeroes frozen experts' gradients.
+  h(task embedding); the embeddings tensor's mask is 1 on the current task's row only;
+  ``loss_terms`` adds beta * sum ||h(e_t') - h*(e_t')||^2 over past tasks.
 - Replay and joint training change *what* is trained on: ``augment_batch`` adds rows
   to each step; ``train_on`` says which tasks' rows make up a task's training set (it
   runs where the stream lives, the stream actor, so it is a pure function of the index).
+
+A runnable example that freezes and scales: strategy_examples/freeze_strategy.py.
 """
 
 from __future__ import annotations
@@ -77,6 +97,17 @@ class StrategyContext(Protocol):
 
     def reset_optimizer_state(self, name: str, mask: Optional[torch.Tensor] = None) -> None:
         """Zero optimizer state (momentum, Adam moments) of ``name`` where ``mask`` is True."""
+
+    def update_mask(self, name: str, mask: Optional[torch.Tensor]) -> None:
+        """How ``name`` may move from now on: 0 frozen, s in (0, 1] scaled (module docstring)."""
+
+    def update_masks(self) -> dict[str, torch.Tensor]:
+        """The masks in force, by parameter name, as they were given."""
+
+    def set_pull(self, name: str, lam: float, curvature: Optional[torch.Tensor],
+                 offset: Optional[torch.Tensor]) -> None:
+        """Add ``lam * (curvature * theta - offset)`` to ``name``'s gradient in the fused step
+        (full-shape tensors, the same on every rank); ``None`` removes the pull."""
 
     def reduce(self, tensor: torch.Tensor, op: Literal["sum", "mean"] = "sum") -> torch.Tensor:
         """All-reduce across workers (identity on one worker)."""

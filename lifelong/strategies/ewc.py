@@ -10,7 +10,9 @@ task loss + lam/2 * sum F (theta - theta*)^2.
   F <- decay * F + F_t and the anchor at the latest theta*.
 
 Either way the penalty gradient is  lam * (S * theta - A)  with running sums
-S = sum F_t and A = sum F_t theta*_t, so a step costs the same after 1 or 100 tasks.
+S = sum F_t and A = sum F_t theta*_t, so a step costs the same after 1 or 100 tasks. It
+is handed to the platform as a pull (``ctx.set_pull``): the fused optimizer step adds it
+to the gradient in the same pass over memory that applies the update.
 
 F_t is exact and, by default, over *all* of the task's training rows
 (``fisher_samples: null``; an integer takes a seeded subset): ``fisher.py`` sums squared
@@ -68,17 +70,6 @@ class EWC(Strategy):
         self.anchor_sum: dict[str, torch.Tensor] = {}  # A
         self.last_fisher: dict[str, torch.Tensor] = {}
 
-    def transform_grads(self) -> dict[str, float]:
-        if not self.fisher_sum:
-            return {}
-        lam = self.config.lam
-        with torch.no_grad(), self.ctx.editable_grads() as grads:
-            params = self.ctx.full_params()
-            for name, g in grads.items():  # g += lam * (S * theta - A), no temporaries
-                g.addcmul_(self.fisher_sum[name], params[name], value=lam)
-                g.sub_(self.anchor_sum[name], alpha=lam)
-        return {}
-
     def on_task_end(self, task: TaskInfo, data: Rows) -> None:
         fisher = self.estimate_fisher(task, data)
         params = {n: p.detach().clone() for n, p in self.ctx.full_params().items()}
@@ -92,6 +83,11 @@ class EWC(Strategy):
             self.anchor_sum = {n: self.fisher_sum[n] * params[n] for n in fisher}
         else:
             self.anchor_sum = {n: self.anchor_sum.get(n, 0) + fisher[n] * params[n] for n in fisher}
+        self._pull()
+
+    def _pull(self) -> None:
+        for name, curvature in self.fisher_sum.items():
+            self.ctx.set_pull(name, self.config.lam, curvature, self.anchor_sum[name])
 
     def estimate_fisher(self, task: TaskInfo, data: Rows) -> dict[str, torch.Tensor]:
         """Exact empirical Fisher diagonal over (a seeded subset of) ``data``, all workers."""
@@ -119,3 +115,4 @@ class EWC(Strategy):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.fisher_sum, self.anchor_sum = state["fisher_sum"], state["anchor_sum"]
+        self._pull()

@@ -312,18 +312,17 @@ def test_ewc_fisher_on_a_subset(learner_for):
         torch.testing.assert_close(value, expected[name], rtol=1e-4, atol=1e-7)
 
 
-def test_ewc_transform_grads_is_a_no_op_before_the_first_task_ends(learner_for):
+def test_ewc_sets_no_pull_before_the_first_task_ends(learner_for):
     learner = learner_for({"name": "ewc"})
-    batch = task_batches(learner, 0)[0]
-    grads = grads_after_backward(learner, batch)
-    before = snapshot(grads)
-    assert learner.strategy.transform_grads() == {}
-    for name, g in grads.items():
-        assert torch.equal(g, before[name])
+    for batch in task_batches(learner, 0)[:2]:
+        learner.train_step(batch)
+    assert learner.engine.rules.pulls == {}
 
 
-def test_ewc_transform_grads_adds_the_penalty_gradient(learner_for):
-    lam = 7.5
+def test_ewc_step_descends_on_the_penalty_gradient(learner_for):
+    """After a task, the optimizer step (SGD, lr 0.1, no momentum) is
+    theta - lr * (task gradient + lam * F * (theta - theta*)): the pull is fused into it."""
+    lam, lr = 7.5, 0.1
     learner = learner_for({"name": "ewc", "lam": lam, "fisher_samples": None})
     ewc: EWC = learner.strategy  # type: ignore[assignment]
     for batch in task_batches(learner, 0):
@@ -335,16 +334,16 @@ def test_ewc_transform_grads_adds_the_penalty_gradient(learner_for):
     perturb(learner, seed=1)  # move away from the anchor, as training on task 1 would
     theta = snapshot(learner.ctx.full_params())
     assert any(not torch.equal(theta[n], anchor[n]) for n in theta)
-    batch = task_batches(learner, 1)[0]
-    grads = grads_after_backward(learner, batch)
-    task_grads = snapshot(grads)
-    ewc.transform_grads()
-    after = {n: p.grad for n, p in learner.engine.module.named_parameters()}
+    task_grads = snapshot(grads_after_backward(learner, task_batches(learner, 1)[0]))
+    learner.engine.step()
+    after = learner.ctx.full_params()
     for name in theta:
         # d/dtheta of lam/2 * F (theta - theta*)^2  =  lam * (F*theta - F*theta*)
         penalty = lam * (fisher[name] * theta[name] - fisher[name] * anchor[name])
-        torch.testing.assert_close(after[name], task_grads[name] + penalty, rtol=1e-4, atol=1e-7)
-    assert any(float((after[n] - task_grads[n]).abs().max()) > 0 for n in theta)
+        expected = theta[name] - lr * (task_grads[name] + penalty)
+        torch.testing.assert_close(after[name], expected, rtol=1e-5, atol=1e-6)
+    assert any(float(penalty.abs().max()) > 1e-4 for penalty in
+               (lam * fisher[n] * (theta[n] - anchor[n]) for n in theta))
 
 
 def test_ewc_separate_mode_sums_fisher_and_anchors(learner_for):
@@ -393,14 +392,16 @@ def test_ewc_state_dict_round_trip(learner_for):
     for name in ewc.fisher_sum:
         assert torch.equal(restored.fisher_sum[name], ewc.fisher_sum[name])
         assert torch.equal(restored.anchor_sum[name], ewc.anchor_sum[name])
-    batch = task_batches(learner, 1)[0]
-    grads_after_backward(learner, batch)
-    ewc.transform_grads()
-    expected = snapshot({n: p.grad for n, p in learner.engine.module.named_parameters()})
-    grads_after_backward(learner, batch)
-    restored.transform_grads()
-    for name, p in learner.engine.module.named_parameters():
-        assert torch.equal(p.grad, expected[name])
+    # the restored strategy hands the step the same pulls (a resumed engine starts without)
+    expected = dict(learner.engine.rules.pulls)
+    for name in expected:
+        learner.ctx.set_pull(name, 0.0, None, None)
+    restored.load_state_dict(roundtrip(ewc.state_dict()))
+    assert learner.engine.rules.pulls.keys() == expected.keys() == ewc.fisher_sum.keys()
+    for name, (lam, curvature, offset) in expected.items():
+        got = learner.engine.rules.pulls[name]
+        assert got[0] == lam == 3.0
+        assert torch.equal(got[1], curvature) and torch.equal(got[2], offset)
 
 
 @pytest.mark.parametrize("strategy, key", [({"name": "ewc", "mode": "offline"}, "strategy.mode"),
