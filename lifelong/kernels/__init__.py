@@ -3,12 +3,14 @@ soft scale, a row-sparse mode and EWC's penalty gradient, in one pass over memor
 
 ``reference.py`` is the specification (plain torch). ``select`` picks the fastest
 implementation this process can use: the C/OpenMP kernel on CPU, Triton on CUDA, falling
-back to the reference with one warning line when a kernel cannot be built.
+back to the reference with one warning line when a kernel cannot be built. The warning
+goes to the ``lifelong.kernels`` logger, whose warnings reach the console from Ray workers
+too (``runlog.console_logging``), where ``warnings.warn`` output would only reach a log file.
 """
 
 from __future__ import annotations
 
-import warnings
+import logging
 from dataclasses import dataclass
 from typing import Callable, Union
 
@@ -24,14 +26,14 @@ class Kernels:
     name: str  # reference | cpu | triton
     sgd_update: Callable[..., None]
     adam_update: Callable[..., None]
+    # Lists of ``reference.UpdateItem`` with shared hyper-parameters: one call per step.
+    sgd_update_many: Callable[..., None]
+    adam_update_many: Callable[..., None]
 
 
-REFERENCE = Kernels("reference", reference.sgd_update, reference.adam_update)
-
-
-class KernelFallbackWarning(RuntimeWarning):
-    """A fused kernel was wanted but cannot run here; the reference is used instead."""
-
+REFERENCE = Kernels("reference", reference.sgd_update, reference.adam_update,
+                    reference.sgd_update_many, reference.adam_update_many)
+log = logging.getLogger(__name__)
 
 # One selection per (device type, choice) and process: the build, the import and the
 # fallback warning happen once.
@@ -54,14 +56,15 @@ def _fused_or_reference(device_type: str) -> Kernels:
     try:
         if device_type == "cpu":
             from lifelong.kernels import cpu
-            sgd_update, adam_update = cpu.load_kernels()
-            return Kernels("cpu", sgd_update, adam_update)
+            return cpu.load_kernels()
         if device_type == "cuda":
             from lifelong.kernels import triton_update
-            return Kernels("triton", triton_update.sgd_update, triton_update.adam_update)
+            return Kernels("triton", triton_update.sgd_update, triton_update.adam_update,
+                           triton_update.sgd_update_many, triton_update.adam_update_many)
         reason = f"no fused kernel for device type {device_type!r}"
     except Exception as exc:  # noqa: BLE001 - any failure to build or import means the reference
         reason = f"{type(exc).__name__}: {exc}"
-    warnings.warn(f"lifelong.kernels: using the reference updates on {device_type} ({reason})",
-                  KernelFallbackWarning, stacklevel=3)
+    reason = " ".join(reason.split())  # one console line
+    log.warning("kernels: using the reference updates on %s (%s) (engine.kernels=reference "
+                "uses it without this warning)", device_type, reason)
     return REFERENCE

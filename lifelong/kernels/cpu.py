@@ -1,77 +1,153 @@
-"""The C/OpenMP implementation of ``reference.py``: one pass over memory per update.
+"""The C/OpenMP implementation of ``reference.py``: one pass over memory per update, and one
+C call (one OpenMP parallel region) per multi-tensor update.
 
-``load_kernels()`` builds (or finds cached) ``cpu_update.c`` and returns the two update
+``load_kernels()`` builds (or finds cached) ``cpu_update.c`` and returns the update
 functions with the reference's signatures. The calls go through ctypes, which releases
-the GIL, with the tensors' data pointers; every tensor must be a contiguous CPU tensor of
-the parameter's size (checked here, since C cannot). The thread count is torch's
-(``torch.get_num_threads()``), read per call; small updates run on one thread.
+the GIL, with the tensors' data pointers packed into an array of ``_Item`` structures;
+every tensor must be a contiguous CPU tensor of the parameter's size (checked when it is
+packed, since C cannot). The thread count is torch's (``torch.get_num_threads()``), read
+per call; small updates run on one thread.
+
+A many-call keeps the packed array while its ``UpdateItem``s live (``_Packer``): a caller
+that passes the same items each step (the benchmark; any loop over fixed tensors) pays
+for a dictionary lookup, not for checking and packing every tensor again.
 """
 
 from __future__ import annotations
 
 import ctypes
-from typing import Callable, Optional
+import weakref
+from typing import Optional, Sequence
 
 import torch
 
 from lifelong.kernels import cpu_build
-from lifelong.kernels.reference import Pull
+from lifelong.kernels.reference import Pull, UpdateItem
 
-_P, _I64, _INT, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
-_SGD_ARGS = [_P, _P, _P, _I64, _P, _INT, _P, _I64, _P, _P, _F, _F, _F, _F, _INT, _INT, _INT]
-_ADAM_ARGS = [_P, _P, _P, _P, _I64, _P, _INT, _P, _I64, _P, _P, _F,
-              _F, _F, _F, _F, _F, _F, _F, _F, _INT, _INT]
+_P, _I64, _INT, _F, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_double
 _SCALE_KIND = {torch.uint8: 1, torch.bool: 1, torch.float32: 2}
 
 
-def load_kernels() -> tuple[Callable[..., None], Callable[..., None]]:
-    """``(sgd_update, adam_update)`` backed by the compiled library; raises
-    ``cpu_build.KernelBuildError`` when it cannot be built or loaded."""
+class _Item(ctypes.Structure):
+    """One tensor of a call: ``Item`` in cpu_update.c."""
+
+    _fields_ = [("param", _P), ("grad", _P), ("state1", _P), ("state2", _P), ("curvature", _P),
+                ("offset", _P), ("scale", _P), ("spans", _P), ("n", _I64), ("n_spans", _I64),
+                ("scale_kind", _I64), ("lam", _D)]
+
+
+_ITEMS = ctypes.POINTER(_Item)
+_SGD_ARGS = [_ITEMS, _I64, _F, _F, _F, _INT, _INT, _INT]
+_ADAM_ARGS = [_ITEMS, _I64, _F, _F, _F, _F, _F, _F, _F, _F, _INT, _INT]
+
+
+def load_kernels():  # -> lifelong.kernels.Kernels (imported here: the package imports this module)
+    """The ``Kernels`` backed by the compiled library; raises ``cpu_build.KernelBuildError``
+    when it cannot be built or loaded."""
+    from lifelong.kernels import Kernels
+
     lib = cpu_build.load()
-    c_sgd, c_adam = lib.lifelong_sgd, lib.lifelong_adam
+    c_sgd, c_adam = lib.lifelong_sgd_many, lib.lifelong_adam_many
     c_sgd.argtypes, c_sgd.restype = _SGD_ARGS, None
     c_adam.argtypes, c_adam.restype = _ADAM_ARGS, None
+    packer = _Packer()
+
+    def sgd_update_many(items: Sequence[UpdateItem], *, lr: float, momentum: float,
+                        weight_decay: float) -> None:
+        if items:
+            role = "sgd_momentum" if momentum else "sgd"
+            c_sgd(packer.table(items, role), len(items), lr, momentum, weight_decay,
+                  1 if momentum else 0, 1 if weight_decay else 0, torch.get_num_threads())
+
+    def adam_update_many(items: Sequence[UpdateItem], *, step: int, lr: float, beta1: float,
+                         beta2: float, eps: float, weight_decay: float, decoupled: bool) -> None:
+        if items:
+            _adam(c_adam, packer.table(items, "adam"), len(items), step, lr, beta1, beta2, eps,
+                  weight_decay, decoupled)
 
     def sgd_update(param: torch.Tensor, grad: torch.Tensor, momentum_buffer: Optional[torch.Tensor], *,
                    lr: float, momentum: float, weight_decay: float,
                    scale: Optional[torch.Tensor] = None, spans: Optional[torch.Tensor] = None,
                    pull: Optional[Pull] = None) -> None:
-        n = param.numel()
-        if momentum and momentum_buffer is None:
-            raise ValueError("momentum != 0 needs a momentum_buffer")
-        lam, curvature, offset = pull if pull is not None else (0.0, None, None)
-        c_sgd(_ptr(param, n, "param"), _ptr(grad, n, "grad"),
-              _ptr(momentum_buffer, n, "momentum_buffer") if momentum else None, n,
-              *_scale(scale, n), *_spans(spans),
-              _ptr(curvature, n, "curvature") if pull is not None else None,
-              _ptr(offset, n, "offset") if pull is not None else None, lam,
-              lr, momentum, weight_decay, 1 if momentum else 0, 1 if weight_decay else 0,
-              torch.get_num_threads())
+        item = UpdateItem(param, grad, momentum_buffer=momentum_buffer, scale=scale, spans=spans, pull=pull)
+        c_sgd(_pack([item], "sgd_momentum" if momentum else "sgd"), 1, lr, momentum, weight_decay,
+              1 if momentum else 0, 1 if weight_decay else 0, torch.get_num_threads())
 
     def adam_update(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor,
                     exp_avg_sq: torch.Tensor, *, step: int, lr: float, beta1: float, beta2: float,
                     eps: float, weight_decay: float, decoupled: bool,
                     scale: Optional[torch.Tensor] = None, spans: Optional[torch.Tensor] = None,
                     pull: Optional[Pull] = None) -> None:
-        n = param.numel()
-        lam, curvature, offset = pull if pull is not None else (0.0, None, None)
-        # The scalars as the reference computes them (in double, rounded to fp32 by torch).
-        bias1 = 1 - beta1 ** step
-        bias2_sqrt = (1 - beta2 ** step) ** 0.5
-        c_adam(_ptr(param, n, "param"), _ptr(grad, n, "grad"), _ptr(exp_avg, n, "exp_avg"),
-               _ptr(exp_avg_sq, n, "exp_avg_sq"), n, *_scale(scale, n), *_spans(spans),
-               _ptr(curvature, n, "curvature") if pull is not None else None,
-               _ptr(offset, n, "offset") if pull is not None else None, lam,
-               1 - beta1, beta2, 1 - beta2, lr / bias1, bias2_sqrt, eps, weight_decay,
-               lr * weight_decay, 0 if not weight_decay else (2 if decoupled else 1),
-               torch.get_num_threads())
+        item = UpdateItem(param, grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq, scale=scale,
+                          spans=spans, pull=pull)
+        _adam(c_adam, _pack([item], "adam"), 1, step, lr, beta1, beta2, eps, weight_decay, decoupled)
 
-    return sgd_update, adam_update
+    return Kernels("cpu", sgd_update, adam_update, sgd_update_many, adam_update_many)
 
 
-def _ptr(t: torch.Tensor, n: int, name: str, dtype: torch.dtype = torch.float32) -> int:
+def _adam(c_adam, table, count: int, step: int, lr: float, beta1: float, beta2: float, eps: float,
+          weight_decay: float, decoupled: bool) -> None:
+    # The scalars as the reference computes them (in double, rounded to fp32 by ctypes).
+    bias1 = 1 - beta1 ** step
+    bias2_sqrt = (1 - beta2 ** step) ** 0.5
+    c_adam(table, count, 1 - beta1, beta2, 1 - beta2, lr / bias1, bias2_sqrt, eps, weight_decay,
+           lr * weight_decay, 0 if not weight_decay else (2 if decoupled else 1),
+           torch.get_num_threads())
+
+
+class _Packer:
+    """Packed arrays by the identity of their items, kept while every item lives.
+
+    A key is the role and the items' ids; the entry holds weak references to the items,
+    so a dead item's id, reused by a new object, is never mistaken for it. An entry holds
+    no tensor alive (only raw pointers, valid while its items live)."""
+
+    def __init__(self, size: int = 16) -> None:
+        self.size = size
+        self.entries: dict[tuple, tuple[list[weakref.ref], ctypes.Array]] = {}
+
+    def table(self, items: Sequence[UpdateItem], role: str) -> ctypes.Array:
+        key = (role, *map(id, items))
+        entry = self.entries.get(key)
+        if entry is not None and all(ref() is not None for ref in entry[0]):
+            return entry[1]
+        table = _pack(items, role)
+        self.entries.pop(key, None)
+        while len(self.entries) >= self.size:  # the oldest goes first
+            self.entries.pop(next(iter(self.entries)))
+        self.entries[key] = ([weakref.ref(it) for it in items], table)
+        return table
+
+
+def _pack(items: Sequence[UpdateItem], role: str) -> ctypes.Array:
+    """The ``_Item`` array of ``items``, every tensor checked. ``role``: sgd (no momentum
+    buffer), sgd_momentum or adam."""
+    table = (_Item * len(items))()
+    for i, it in enumerate(items):
+        n = it.param.numel()
+        if role == "adam":
+            states = (_ptr(it.exp_avg, n, "exp_avg"), _ptr(it.exp_avg_sq, n, "exp_avg_sq"))
+        elif role == "sgd_momentum":
+            if it.momentum_buffer is None:
+                raise ValueError("momentum != 0 needs a momentum_buffer")
+            states = (_ptr(it.momentum_buffer, n, "momentum_buffer"), None)
+        else:
+            states = (None, None)
+        lam, curvature, offset = (0.0, None, None) if it.pull is None else it.pull
+        scale, scale_kind = _scale(it.scale, n)
+        spans, n_spans = _spans(it.spans)
+        table[i] = _Item(_ptr(it.param, n, "param"), _ptr(it.grad, n, "grad"), *states,
+                         None if curvature is None else _ptr(curvature, n, "curvature"),
+                         None if offset is None else _ptr(offset, n, "offset"),
+                         scale, spans, n, n_spans, scale_kind, lam)
+    return table
+
+
+def _ptr(t: Optional[torch.Tensor], n: int, name: str, dtype: torch.dtype = torch.float32) -> int:
     """``t``'s data pointer, once it is known to be a contiguous CPU tensor of ``n`` elements
-    (the C side trusts it). Lean: this runs several times per update."""
+    (the C side trusts it)."""
+    if t is None:
+        raise ValueError(f"{name} is missing")
     if t.dtype != dtype or t.numel() != n or not t.is_contiguous() or not t.is_cpu:
         raise ValueError(f"{name} must be a contiguous CPU {dtype} tensor of {n} elements, not "
                          f"{t.dtype} {tuple(t.shape)} on {t.device} (contiguous: {t.is_contiguous()})")
@@ -83,7 +159,7 @@ def _scale(scale: Optional[torch.Tensor], n: int) -> tuple[Optional[int], int]:
         return None, 0
     kind = _SCALE_KIND.get(scale.dtype)
     if kind is None:
-        raise ValueError(f"scale must be uint8 or float32, not {scale.dtype}")
+        raise ValueError(f"scale must be uint8, bool or float32, not {scale.dtype}")
     return _ptr(scale, n, "scale", scale.dtype), kind
 
 

@@ -1,5 +1,6 @@
-/* Fused SGD(-momentum) and Adam/AdamW updates on one flat fp32 tensor: the C side of
- * cpu.py, implementing the specification in reference.py in one pass over memory.
+/* Fused SGD(-momentum) and Adam/AdamW updates of a list of flat fp32 tensors: the C side
+ * of cpu.py, implementing the specification in reference.py in one pass over memory, and
+ * one OpenMP parallel region per call (per optimizer step and param group).
  *
  * Plain C (no torch headers) so it compiles in about a second; built by cpu.py with
  * gcc -O3 -march=native -fopenmp -ffp-contract=off -fno-math-errno. Contraction stays off
@@ -12,6 +13,7 @@
  */
 
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <omp.h>
 
@@ -135,90 +137,207 @@ static inline int64_t clamp64(int64_t x, int64_t lo, int64_t hi) {
     return x < lo ? lo : (x > hi ? hi : x);
 }
 
-/* Span j clamped to [0, n): the C side never trusts an index to stay in bounds. */
-static inline int64_t span_start(const int64_t *spans, int64_t j, int64_t n) {
-    return clamp64(spans[2 * j], 0, n);
-}
-static inline int64_t span_stop(const int64_t *spans, int64_t j, int64_t n) {
-    const int64_t a = span_start(spans, j, n), b = clamp64(spans[2 * j + 1], 0, n);
-    return b > a ? b : a;  /* an empty or reversed span covers nothing */
+/* One tensor of a multi-tensor update, as cpu.py packs it (ctypes structure _Item). */
+typedef struct {
+    float *param;
+    const float *grad;
+    float *state1;  /* SGD: the momentum buffer (NULL without momentum); Adam: exp_avg */
+    float *state2;  /* Adam: exp_avg_sq */
+    const float *curvature, *offset;  /* the pull; NULL: none */
+    const void *scale;  /* NULL: none */
+    const int64_t *spans;  /* (n_spans, 2) */
+    int64_t n, n_spans;  /* n_spans < 0: no spans (the whole tensor) */
+    int64_t scale_kind;
+    double lam;
+} Item;
+
+/* The call: its items and the hyper-parameters they share. */
+typedef struct {
+    const Item *items;
+    int64_t n_items;
+    Ctx hyper;  /* the scalars; the pointers come from each item */
+    int adam, has_momentum, has_decay, decay_kind;
+} Work;
+
+/* A place where a chunk of work starts: item, span (0 without spans), element index. */
+typedef struct { int64_t item, span, at; } Cut;
+
+static inline int64_t n_pieces(const Item *it) { return it->n_spans < 0 ? 1 : it->n_spans; }
+
+/* Piece j of an item (its span j, or the whole tensor), clamped to [0, n): the C side
+ * never trusts an index to stay in bounds; an empty or reversed span covers nothing. */
+static inline void piece(const Item *it, int64_t j, int64_t *a, int64_t *b) {
+    if (it->n_spans < 0) { *a = 0; *b = it->n; return; }
+    *a = clamp64(it->spans[2 * j], 0, it->n);
+    *b = clamp64(it->spans[2 * j + 1], *a, it->n);
 }
 
-/* Runs fn over the elements of the spans (all of [0, n) when n_spans < 0: an empty spans
- * tensor may come with a NULL pointer, so the count says "no spans").
- *
- * The active elements, numbered in span order, are cut into chunks that the threads take
- * in turn from a shared counter: a row-sparse step costs what it touches,
- * and a thread the OS descheduled (a shared machine) holds up at most one chunk, not half
- * of the work. Each thread's chunks come in increasing order, so it finds their spans with
- * a cursor that only moves forward. */
-static void drive(range_fn fn, const Ctx *c, int64_t n, const int64_t *spans, int64_t n_spans,
-                  int n_threads) {
-    const int64_t whole[2] = {0, n};
-    if (n_spans < 0) { spans = whole; n_spans = 1; }
-    int64_t total = 0;
-    for (int64_t j = 0; j < n_spans; j++) total += span_stop(spans, j, n) - span_start(spans, j, n);
-    int64_t chunk = total / (4 * (int64_t)(n_threads > 0 ? n_threads : 1)) / 16 * 16;
-    chunk = chunk < CHUNK_MIN ? CHUNK_MIN : (chunk > CHUNK_MAX ? CHUNK_MAX : chunk);
-    const int64_t n_chunks = (total + chunk - 1) / chunk;
-    if (n_threads <= 1 || n_chunks < 2) {
-        for (int64_t j = 0; j < n_spans; j++) {
-            const int64_t a = span_start(spans, j, n), b = span_stop(spans, j, n);
-            if (b > a) fn(c, a, b);
+static inline Ctx ctx_of(const Work *w, const Item *it) {
+    Ctx c = w->hyper;
+    c.param = it->param; c.grad = it->grad; c.buf = it->state1; c.exp_avg = it->state1;
+    c.exp_avg_sq = it->state2; c.curvature = it->curvature; c.offset = it->offset;
+    c.scale = it->scale; c.lam = (float)it->lam;
+    return c;
+}
+
+static inline range_fn fn_of(const Work *w, const Item *it) {
+    const int pull = it->curvature != NULL, kind = (int)it->scale_kind;
+    if (w->adam) return ADAM_TABLE[pull][w->decay_kind][kind];
+    return SGD_TABLE[pull][w->has_decay][w->has_momentum][kind];
+}
+
+/* The first PREFETCH_LINES cache lines of every stream of a piece, requested while the
+ * piece before it is updated: the hardware prefetchers start afresh at every span (and
+ * every 4 KB page), so the head of a short scattered row would otherwise wait on memory. */
+#ifndef PREFETCH_LINES
+#define PREFETCH_LINES 4
+#endif
+static inline void prefetch_head(const Item *it, int64_t lo, int64_t hi) {
+    for (int64_t k = 0; k < PREFETCH_LINES; k++) {
+        const int64_t i = lo + 16 * k;
+        if (i >= hi) break;
+        __builtin_prefetch(it->param + i, 1, 3);
+        __builtin_prefetch(it->grad + i, 0, 3);
+        if (it->state1) __builtin_prefetch(it->state1 + i, 1, 3);
+        if (it->state2) __builtin_prefetch(it->state2 + i, 1, 3);
+        if (it->curvature) {
+            __builtin_prefetch(it->curvature + i, 0, 3);
+            __builtin_prefetch(it->offset + i, 0, 3);
         }
-        return;
+        if (it->scale_kind == SCALE_F32) __builtin_prefetch((const float *)it->scale + i, 0, 3);
+        if (it->scale_kind == SCALE_U8 && k % 4 == 0)
+            __builtin_prefetch((const uint8_t *)it->scale + i, 0, 3);
     }
-    int64_t next_chunk = 0;
-    #pragma omp parallel num_threads(n_threads < n_chunks ? n_threads : (int)n_chunks)
-    {
-        int64_t j = 0, seen = 0;  /* cursor: span j, with `seen` active elements before it */
+}
+
+/* The next non-empty piece after piece *j of item *i that belongs to the chunk ending at
+ * `end` (the next chunk's start); 0 when there is none. */
+static int next_piece(const Work *w, int64_t *i, int64_t *j, int64_t *a, int64_t *b, Cut end) {
+    int64_t ii = *i, jj = *j;
+    if (ii == end.item && jj == end.span) return 0;
+    for (;;) {
+        if (++jj >= n_pieces(&w->items[ii])) {
+            do { ii++; } while (ii < w->n_items && n_pieces(&w->items[ii]) == 0);
+            if (ii >= w->n_items) return 0;
+            jj = 0;
+        }
+        int64_t lo, hi;
+        piece(&w->items[ii], jj, &lo, &hi);
+        const int last = ii == end.item && jj == end.span;
+        if (last) hi = end.at;
+        if (hi > lo) { *i = ii; *j = jj; *a = lo; *b = hi; return 1; }
+        if (last) return 0;
+    }
+}
+
+/* Updates the elements from cut `from` up to cut `to`, in address order within each
+ * tensor, requesting the next piece's head before updating the current one. */
+static void run_chunk(const Work *w, Cut from, Cut to) {
+    int64_t i = from.item, j = from.span, a, b;
+    piece(&w->items[i], j, &a, &b);
+    a = from.at;
+    if (i == to.item && j == to.span) b = to.at;
+    for (;;) {
+        int64_t ni = i, nj = j, na = 0, nb = 0;
+        const int more = next_piece(w, &ni, &nj, &na, &nb, to);
+        if (more) prefetch_head(&w->items[ni], na, nb);
+        if (b > a) {
+            const Ctx c = ctx_of(w, &w->items[i]);
+            fn_of(w, &w->items[i])(&c, a, b);
+        }
+        if (!more) return;
+        i = ni; j = nj; a = na; b = nb;
+    }
+}
+
+/* Cuts the active elements of all items into chunks of about `target` elements: a chunk
+ * is a run of whole spans (a span is never split for balance alone, so each keeps its
+ * prefetch streams), and a span of `target` or more starts its own chunks, cut every
+ * `target` elements at multiples of 16 (64-byte lines). Returns the number of cuts. */
+static int64_t make_cuts(const Work *w, int64_t target, Cut *cuts) {
+    int64_t n_cuts = 0, acc = 0;
+    for (int64_t i = 0; i < w->n_items; i++) {
+        const Item *it = &w->items[i];
+        for (int64_t j = 0; j < n_pieces(it); j++) {
+            int64_t a, b;
+            piece(it, j, &a, &b);
+            const int64_t len = b - a;
+            if (len <= 0) continue;
+            if (n_cuts == 0 || acc >= target || (len >= target && acc > 0)) {
+                cuts[n_cuts++] = (Cut){i, j, a};
+                acc = 0;
+            }
+            if (len < target) { acc += len; continue; }
+            int64_t last = a;
+            for (int64_t x = (a + target + 15) / 16 * 16; b - x >= target / 2; x += target) {
+                cuts[n_cuts++] = (Cut){i, j, x};
+                last = x;
+            }
+            acc = b - last;
+        }
+    }
+    return n_cuts;
+}
+
+/* Runs the update over the active elements of every item. The chunks go to the threads
+ * from a shared counter, so a thread the OS descheduled (a shared machine) holds up at
+ * most one chunk, and tensors of mixed sizes balance by elements, not by tensor. An
+ * update of one chunk or less runs on the calling thread alone. */
+static void drive(const Work *w, int n_threads) {
+    int64_t total = 0, nonempty = 0;
+    for (int64_t i = 0; i < w->n_items; i++)
+        for (int64_t j = 0; j < n_pieces(&w->items[i]); j++) {
+            int64_t a, b;
+            piece(&w->items[i], j, &a, &b);
+            total += b - a;
+            nonempty += b > a;
+        }
+    if (total == 0) return;
+    if (n_threads < 1) n_threads = 1;
+    int64_t target = total / (4 * (int64_t)n_threads) / 16 * 16;
+    target = target < CHUNK_MIN ? CHUNK_MIN : (target > CHUNK_MAX ? CHUNK_MAX : target);
+    Cut local[256], *cuts = local;
+    const int64_t cap = nonempty + total / target + 1;
+    if (cap > 256 && !(cuts = malloc(cap * sizeof(Cut)))) {
+        cuts = local;
+        n_threads = 1;  /* no memory for the cuts: one chunk, this thread */
+    }
+    const Cut end = {w->n_items, 0, 0};
+    if (n_threads == 1 || total <= target) {
+        make_cuts(w, INT64_MAX, cuts);  /* one cut: the first active element */
+        run_chunk(w, cuts[0], end);
+    } else {
+        const int64_t n_cuts = make_cuts(w, target, cuts);
+        int64_t next = 0;
+        #pragma omp parallel num_threads(n_threads < n_cuts ? n_threads : (int)n_cuts)
         for (;;) {
-            int64_t taken;
+            int64_t c;
             #pragma omp atomic capture
-            taken = next_chunk++;
-            if (taken >= n_chunks) break;
-            const int64_t lo = taken * chunk, hi = lo + chunk < total ? lo + chunk : total;
-            for (;;) {  /* move to the span holding element lo */
-                const int64_t len = span_stop(spans, j, n) - span_start(spans, j, n);
-                if (seen + len > lo) break;
-                seen += len;
-                j++;
-            }
-            for (int64_t k = j, before = seen; k < n_spans && before < hi; k++) {
-                const int64_t a = span_start(spans, k, n), len = span_stop(spans, k, n) - a;
-                const int64_t from = lo > before ? lo - before : 0;
-                const int64_t to = hi - before < len ? hi - before : len;
-                if (to > from) fn(c, a + from, a + to);
-                before += len;
-            }
+            c = next++;
+            if (c >= n_cuts) break;
+            run_chunk(w, cuts[c], c + 1 < n_cuts ? cuts[c + 1] : end);
         }
     }
+    if (cuts != local) free(cuts);
 }
 
-void lifelong_sgd(float *param, const float *grad, float *buf, int64_t n,
-                  const void *scale, int scale_kind, const int64_t *spans, int64_t n_spans,
-                  const float *curvature, const float *offset, float lam,
-                  float lr, float momentum, float weight_decay, int has_momentum, int has_decay,
-                  int n_threads) {
-    const Ctx c = {.param = param, .grad = grad, .buf = buf, .curvature = curvature,
-                   .offset = offset, .scale = scale, .lr = lr, .momentum = momentum,
-                   .weight_decay = weight_decay, .lam = lam};
-    const range_fn fn = SGD_TABLE[curvature != NULL][has_decay != 0][has_momentum != 0][scale_kind];
-    drive(fn, &c, n, spans, n_spans, n_threads);
+void lifelong_sgd_many(const Item *items, int64_t n_items, float lr, float momentum,
+                       float weight_decay, int has_momentum, int has_decay, int n_threads) {
+    const Work w = {.items = items, .n_items = n_items,
+                    .hyper = {.lr = lr, .momentum = momentum, .weight_decay = weight_decay},
+                    .adam = 0, .has_momentum = has_momentum != 0, .has_decay = has_decay != 0};
+    drive(&w, n_threads);
 }
 
-void lifelong_adam(float *param, const float *grad, float *exp_avg, float *exp_avg_sq, int64_t n,
-                   const void *scale, int scale_kind, const int64_t *spans, int64_t n_spans,
-                   const float *curvature, const float *offset, float lam,
-                   float one_minus_beta1, float beta2, float one_minus_beta2, float step_size,
-                   float bias2_sqrt, float eps, float weight_decay, float lr_wd, int decay_kind,
-                   int n_threads) {
-    const Ctx c = {.param = param, .grad = grad, .exp_avg = exp_avg, .exp_avg_sq = exp_avg_sq,
-                   .curvature = curvature, .offset = offset, .scale = scale, .lam = lam,
-                   .one_minus_beta1 = one_minus_beta1, .beta2 = beta2,
-                   .one_minus_beta2 = one_minus_beta2, .step_size = step_size,
-                   .bias2_sqrt = bias2_sqrt, .eps = eps, .weight_decay = weight_decay,
-                   .lr_wd = lr_wd};
-    const range_fn fn = ADAM_TABLE[curvature != NULL][decay_kind][scale_kind];
-    drive(fn, &c, n, spans, n_spans, n_threads);
+void lifelong_adam_many(const Item *items, int64_t n_items,
+                        float one_minus_beta1, float beta2, float one_minus_beta2, float step_size,
+                        float bias2_sqrt, float eps, float weight_decay, float lr_wd, int decay_kind,
+                        int n_threads) {
+    const Work w = {.items = items, .n_items = n_items,
+                    .hyper = {.one_minus_beta1 = one_minus_beta1, .beta2 = beta2,
+                              .one_minus_beta2 = one_minus_beta2, .step_size = step_size,
+                              .bias2_sqrt = bias2_sqrt, .eps = eps, .weight_decay = weight_decay,
+                              .lr_wd = lr_wd},
+                    .adam = 1, .decay_kind = decay_kind};
+    drive(&w, n_threads);
 }

@@ -17,13 +17,13 @@ CPU tensors.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 import triton
 import triton.language as tl
 
-from lifelong.kernels.reference import Pull
+from lifelong.kernels.reference import Pull, UpdateItem
 
 BLOCK = 1024
 _SCALE_KIND = {torch.uint8: 1, torch.bool: 1, torch.float32: 2}
@@ -215,3 +215,20 @@ def _scale(scale: Optional[torch.Tensor], n: int) -> Optional[torch.Tensor]:
     if scale.dtype not in _SCALE_KIND or not scale.is_contiguous() or scale.numel() != n:
         raise ValueError(f"scale must be a contiguous uint8 or float32 tensor of {n} elements")
     return scale.view(torch.uint8) if scale.dtype == torch.bool else scale
+
+
+def sgd_update_many(items: Sequence[UpdateItem], *, lr: float, momentum: float,
+                    weight_decay: float) -> None:
+    """``sgd_update`` per item: a launch costs microseconds on a GPU, not a thread team."""
+    for it in items:
+        sgd_update(it.param, it.grad, it.momentum_buffer, lr=lr, momentum=momentum,
+                   weight_decay=weight_decay, scale=it.scale, spans=it.spans, pull=it.pull)
+
+
+def adam_update_many(items: Sequence[UpdateItem], *, step: int, lr: float, beta1: float,
+                     beta2: float, eps: float, weight_decay: float, decoupled: bool) -> None:
+    """``adam_update`` per item."""
+    for it in items:
+        adam_update(it.param, it.grad, it.exp_avg, it.exp_avg_sq, step=step, lr=lr, beta1=beta1,
+                    beta2=beta2, eps=eps, weight_decay=weight_decay, decoupled=decoupled,
+                    scale=it.scale, spans=it.spans, pull=it.pull)

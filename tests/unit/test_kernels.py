@@ -7,15 +7,15 @@ Frozen elements (scale 0 or outside the spans) must keep their exact bits.
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
-import warnings
 
 import pytest
 import torch
 
 import lifelong.kernels as kernels
-from lifelong.kernels import REFERENCE, KernelFallbackWarning, cpu, cpu_build, reference
+from lifelong.kernels import REFERENCE, cpu, cpu_build, reference
 from tests.unit import kernel_cases
 from tests.unit.kernel_cases import Case
 
@@ -111,7 +111,7 @@ def test_a_build_is_cached_and_written_whole(tmp_path, monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("compiler", ["missing", "failing"])
-def test_a_failed_build_falls_back_to_the_reference_with_one_warning(tmp_path, monkeypatch,
+def test_a_failed_build_falls_back_to_the_reference_with_one_warning(tmp_path, monkeypatch, caplog,
                                                                      compiler: str) -> None:
     cc = tmp_path / "cc"
     if compiler == "failing":  # answers --version, fails to compile
@@ -121,26 +121,31 @@ def test_a_failed_build_falls_back_to_the_reference_with_one_warning(tmp_path, m
     monkeypatch.setenv("CC", str(cc))
     monkeypatch.setenv("LIFELONG_KERNEL_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(kernels, "_selected", {})
-    with warnings.catch_warnings(record=True) as seen:
-        warnings.simplefilter("always")
+    with caplog.at_level(logging.WARNING, logger="lifelong"):
         first = kernels.select(torch.device("cpu"))
         again = kernels.select(torch.device("cpu"))
     assert first is REFERENCE and again is REFERENCE
-    assert [w.category for w in seen] == [KernelFallbackWarning]
-    message = str(seen[0].message)
+    seen = [r for r in caplog.records if r.name.startswith("lifelong")]
+    assert [(r.name, r.levelno) for r in seen] == [("lifelong.kernels", logging.WARNING)]
+    message = seen[0].getMessage()
+    assert "\n" not in message and "using the reference updates on cpu" in message
+    assert message.endswith("(engine.kernels=reference uses it without this warning)")
     assert str(cc) in message
     if compiler == "failing":
         assert "cannot compile" in message
     assert not (tmp_path / "cache").exists() or not os.listdir(tmp_path / "cache")
 
 
-def test_select_choices(monkeypatch) -> None:
+def test_select_choices(monkeypatch, caplog) -> None:
     monkeypatch.setattr(kernels, "_selected", {})
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    with caplog.at_level(logging.WARNING, logger="lifelong"):
         assert kernels.select(torch.device("cpu"), "reference") is REFERENCE
         assert kernels.select("cpu", "auto") is kernels.select(torch.device("cpu"))
-    with pytest.warns(KernelFallbackWarning, match="meta"):
+        assert not caplog.records
         assert kernels.select(torch.device("meta")) is REFERENCE
+        assert kernels.select(torch.device("meta")) is REFERENCE
+    assert [r.getMessage() for r in caplog.records] == [
+        "kernels: using the reference updates on meta (no fused kernel for device type 'meta') "
+        "(engine.kernels=reference uses it without this warning)"]
     with pytest.raises(ValueError, match="choice"):
         kernels.select(torch.device("cpu"), "fast")
