@@ -1,6 +1,7 @@
 """Update cases shared by the C kernel tests and the Triton interpreter worker: each runs
 a few steps of one implementation beside ``reference.py`` on the same inputs and checks
-that frozen elements keep their exact bits and the rest match the reference."""
+that frozen elements keep their exact bits and the rest match the reference. ``ManyCase``
+does the same for a multi-tensor call against one reference call per tensor."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Callable, Optional
 import torch
 
 from lifelong.kernels import reference
+from lifelong.kernels.reference import UpdateItem
 
 STEPS = 3
 RTOL, ATOL = 1e-6, 1e-7
@@ -39,7 +41,7 @@ class Case:
     cols: int
     seed: int = 0
     # The reference gets the spans as a uint8 mask instead (the same update; scale must be
-    # "none"): its loop over spans is slow for many single-element spans.
+    # "none"): both forms of a row-sparse update must agree.
     spans_as_mask: bool = False
 
     @property
@@ -61,6 +63,70 @@ def cases(shapes: list[tuple[int, int]], optimizers=tuple(OPTIMIZERS), scales=SC
 TRITON_CASES = (cases([(3, 1100)], spans=("none", "rows", "empty"), pulls=(True,))
                 + cases([(3, 1056)], spans=("rows",), pulls=(True,))
                 + cases([(2, 7)], scales=("uint8", "float"), pulls=(False,)))
+
+
+@dataclass(frozen=True)
+class ManyCase:
+    """One multi-tensor call per step over tensors of mixed sizes; tensor ``i`` gets scale
+    ``SCALES[i % 3]``, spans ``SPANS[i // 3 % 4]`` and a pull when ``i`` is odd, so twelve
+    tensors cover every combination."""
+
+    optimizer: str
+    shapes: tuple[tuple[int, int], ...]
+    seed: int = 0
+
+    @property
+    def id(self) -> str:
+        return f"many-{self.optimizer}-{len(self.shapes)}_tensors-{sum(r * c for r, c in self.shapes)}"
+
+
+MANY_SHAPES = ((1, 1), (3, 5), (16, 65), (300, 1031), (7, 1031), (64, 64)) * 2
+TRITON_MANY_CASES = tuple(ManyCase(o, ((1, 1), (3, 5), (2, 7), (3, 1056)) * 3, seed=i)
+                          for i, o in enumerate(("sgd_momentum", "adamw")))
+
+
+def check_many(case: ManyCase, sgd_update_many: Callable[..., None],
+               adam_update_many: Callable[..., None]) -> None:
+    """``STEPS`` many-calls against ``reference.sgd_update``/``adam_update`` per tensor. The
+    items are built once and reused (new gradient values copied into the same tensors),
+    as a caller with fixed tensors would; raises AssertionError as ``check`` does."""
+    g = torch.Generator().manual_seed(case.seed)
+    kind, hyper = OPTIMIZERS[case.optimizer]
+    ours, theirs, initials, frozens, extras, grads = [], [], [], [], [], []
+    for i, (rows, cols) in enumerate(case.shapes):
+        n = rows * cols
+        initial = _initial_state(kind, hyper, n, g)
+        scale = _scale(SCALES[i % 3], n, g)
+        spans = _spans(SPANS[i // 3 % 4], rows, cols, g)
+        pull = (0.5, torch.rand(n, generator=g), torch.randn(n, generator=g)) if i % 2 else None
+        ours.append({k: v.clone() for k, v in initial.items()})
+        theirs.append({k: v.clone() for k, v in initial.items()})
+        initials.append(initial)
+        frozens.append(_frozen(scale, spans, n))
+        extras.append({"scale": scale, "spans": spans, "pull": pull})
+        grads.append(torch.empty(n))
+    items = [UpdateItem(state["param"], grad, momentum_buffer=state.get("momentum_buffer"),
+                        exp_avg=state.get("exp_avg"), exp_avg_sq=state.get("exp_avg_sq"), **extra)
+             for state, grad, extra in zip(ours, grads, extras)]
+    for step in range(1, STEPS + 1):
+        for grad in grads:
+            grad.copy_(torch.randn(grad.numel(), generator=g))
+        if kind == "sgd":
+            sgd_update_many(items, **hyper)
+            for state, grad, extra in zip(theirs, grads, extras):
+                reference.sgd_update(state["param"], grad, state.get("momentum_buffer"), **hyper, **extra)
+        else:
+            adam_update_many(items, step=step, **hyper)
+            for state, grad, extra in zip(theirs, grads, extras):
+                reference.adam_update(state["param"], grad, state["exp_avg"], state["exp_avg_sq"],
+                                      step=step, **hyper, **extra)
+    for i, (initial, frozen) in enumerate(zip(initials, frozens)):
+        for name, start in initial.items():
+            got, want = ours[i][name], theirs[i][name]
+            changed = (got.view(torch.int32) != start.view(torch.int32)) & frozen
+            assert not changed.any(), f"tensor {i} {name}: {int(changed.sum())} frozen elements changed"
+            torch.testing.assert_close(got, want, rtol=RTOL, atol=ATOL,
+                                       msg=lambda m: f"tensor {i} {name}: {m}")
 
 
 def check(case: Case, sgd_update: Callable[..., None], adam_update: Callable[..., None]) -> None:

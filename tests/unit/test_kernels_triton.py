@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.kernel_cases import TRITON_CASES
+from tests.unit.kernel_cases import TRITON_CASES, TRITON_MANY_CASES
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,7 +32,7 @@ def interpreted(tmp_path_factory) -> dict[str, str]:
     return json.loads(out.read_text())
 
 
-@pytest.mark.parametrize("name", ["span_chunks"] + [case.id for case in TRITON_CASES])
+@pytest.mark.parametrize("name", ["span_chunks"] + [case.id for case in (*TRITON_CASES, *TRITON_MANY_CASES)])
 def test_triton_kernel_matches_the_reference(interpreted: dict[str, str], name: str) -> None:
     assert interpreted.get(name) == "ok", interpreted.get(name, "not run")
 

@@ -36,6 +36,9 @@ def main(out_path: str) -> None:
     checks = [("span_chunks", chunk_check)] + [
         (case.id, lambda case=case: kernel_cases.check(
             case, triton_update.sgd_update, triton_update.adam_update)) for case in kernel_cases.TRITON_CASES]
+    checks += [(case.id, lambda case=case: kernel_cases.check_many(
+        case, triton_update.sgd_update_many, triton_update.adam_update_many))
+        for case in kernel_cases.TRITON_MANY_CASES]
     for name, run in checks:
         try:
             run()
