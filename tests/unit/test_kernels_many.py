@@ -79,11 +79,15 @@ def test_packed_arrays_are_kept_while_their_items_live() -> None:
     assert first[0].state1 is None and packer.table(items, "sgd_momentum")[0].state1 == b.data_ptr()
     del items
     gc.collect()
+    assert not packer.entries  # dropped with their item
     other = torch.ones(10)
     renewed = [UpdateItem(other, g)]  # may reuse the dead item's id: must not hit
     assert packer.table(renewed, "sgd")[0].param == other.data_ptr()
+    kept = [UpdateItem(g, g)], [UpdateItem(p, p)]
+    for more in kept:
+        packer.table(more, "sgd")
     assert len(packer.entries) == 2  # bounded: the oldest went
-    assert packer.table(renewed, "sgd") is packer.table(renewed, "sgd")
+    assert packer.table(kept[1], "sgd") is packer.table(kept[1], "sgd")
 
 
 def test_a_bad_tensor_in_a_many_call_is_refused(cpu_kernels: kernels.Kernels) -> None:
