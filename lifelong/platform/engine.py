@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from lifelong.kernels import select
+from lifelong.platform import frozen_rows
 from lifelong.platform.config import EngineConfig, OptimConfig
 from lifelong.platform.optimizer import FusedOptimizer
 from lifelong.platform.partition_layout import Layout, whole_layout, zero3_layout, zero12_layout
@@ -33,6 +34,7 @@ class MaskedUpdates:
     """Update masks and pulls (``update_rules``), followed by the fused optimizer on this
     rank's partition layout; and per-entry optimizer-state resets on the same layout."""
 
+    module: nn.Module
     named: dict[str, nn.Parameter]
     inner_optimizer: FusedOptimizer  # the optimizer that holds the state and steps
 
@@ -53,6 +55,7 @@ class MaskedUpdates:
 
     def update_mask(self, name: str, mask: Optional[torch.Tensor]) -> None:
         self.rules.set_mask(name, mask)
+        frozen_rows.sync(self.module, name, self.rules.masks.get(name))
 
     def set_pull(self, name: str, lam: float, curvature: Optional[torch.Tensor],
                  offset: Optional[torch.Tensor]) -> None:

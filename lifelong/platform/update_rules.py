@@ -49,18 +49,23 @@ class UpdateRules:
 
     # -- what strategies say ---------------------------------------------------------------
     def set_mask(self, name: str, mask: Optional[torch.Tensor]) -> None:
-        shape = self._shape(name)
         if mask is None:
+            self._shape(name)
             self.masks.pop(name, None)
         else:
-            mask = torch.as_tensor(mask).detach().to("cpu", torch.float32)
-            if tuple(mask.shape) not in {tuple(shape), (shape[0],) if len(shape) else (), ()}:
-                raise ValueError(f"update mask for {name!r} has shape {tuple(mask.shape)}; expected "
-                                 f"the parameter's {tuple(shape)}, its rows ({shape[0] if len(shape) else 1},) or ()")
-            if not bool(((mask >= 0) & (mask <= 1)).all()):
-                raise ValueError(f"update mask for {name!r} has values outside [0, 1]")
-            self.masks[name] = mask.clone()
+            self.masks[name] = self.checked_mask(name, mask)
         self._plans = None
+
+    def checked_mask(self, name: str, mask: torch.Tensor) -> torch.Tensor:
+        """``mask`` as a float32 CPU copy, or ValueError (KeyError: no such parameter)."""
+        shape = self._shape(name)
+        mask = torch.as_tensor(mask).detach().to("cpu", torch.float32).clone()
+        if tuple(mask.shape) not in {tuple(shape), (shape[0],) if len(shape) else (), ()}:
+            raise ValueError(f"update mask for {name!r} has shape {tuple(mask.shape)}; expected "
+                             f"the parameter's {tuple(shape)}, its rows ({shape[0] if len(shape) else 1},) or ()")
+        if not bool(((mask >= 0) & (mask <= 1)).all()):
+            raise ValueError(f"update mask for {name!r} has values outside [0, 1]")
+        return mask
 
     def set_pull(self, name: str, lam: float, curvature: Optional[torch.Tensor],
                  offset: Optional[torch.Tensor]) -> None:

@@ -16,7 +16,8 @@ How a strategy says what may move: ``ctx.update_mask(name, mask)``. The optimize
   checkpoints carry it.
 - ``0`` freezes: the entry *and* its optimizer state (momentum, Adam's moments) are
   bit-identical after every step, weight decay included -- zeroing a gradient is not
-  freezing. Frozen rows cost nothing: the kernels skip them.
+  freezing. Frozen rows cost nothing: the kernels skip them, and a Linear layer's
+  backward skips their weight gradient (which then reads 0, platform/frozen_rows.py).
 - ``s`` in (0, 1] scales: the entry moves by ``s`` times the dense step's change (its
   optimizer state updates as in the dense step).
 - Every rank must set the same masks (compute them from reduced statistics).

@@ -144,3 +144,24 @@ def test_state_from_another_optimizer_is_refused():
     state = capture_training_state(a)
     with pytest.raises(ValueError, match=r"momentum_buffer.*exp_avg"):
         restore_training_state(engine(OPTIMIZERS["adam"]), state, batches(1, seed=1)[0][0])
+
+
+def test_update_masks_resume_and_a_bad_one_is_refused_before_anything_changes():
+    a = engine(OPTIMIZERS["adam"])
+    a.update_mask("0.weight", torch.tensor([0.0, 1.0, 0.5, 0.0, 1.0]))
+    train(a, batches(2, seed=1))
+    state = roundtrip(capture_training_state(a))
+    b = engine(OPTIMIZERS["adam"], seed=1)
+    b.update_mask("2.bias", torch.tensor(0.0))  # not in the state: cleared by the restore
+    restore_training_state(b, state, sample_input=batches(1, seed=2)[0][0])
+    assert b.rules.masks.keys() == {"0.weight"}
+    train(a, batches(3, seed=2))
+    train(b, batches(3, seed=2))
+    assert_same_params(a, b)
+    state["update_masks"]["0.weight"] = torch.ones(7)
+    c = engine(OPTIMIZERS["adam"], seed=2)
+    before = {n: v.clone() for n, v in c.full_params().items()}
+    with pytest.raises(ValueError, match=r"update mask for '0\.weight' has shape \(7,\)"):
+        restore_training_state(c, state, batches(1, seed=1)[0][0])
+    assert not c.rules.masks and not any(c.optimizer.state.values())
+    assert all(torch.equal(v, before[n]) for n, v in c.full_params().items())
