@@ -20,12 +20,15 @@ from __future__ import annotations
 import ctypes
 import functools
 import weakref
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import torch
 
 from lifelong.kernels import cpu_build
 from lifelong.kernels.reference import Pull, UpdateItem
+
+if TYPE_CHECKING:
+    from lifelong.kernels import Kernels
 
 _P, _I64, _INT, _F, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_double
 _SCALE_KIND = {torch.uint8: 1, torch.bool: 1, torch.float32: 2}
@@ -44,10 +47,10 @@ _SGD_ARGS = [_ITEMS, _I64, _F, _F, _F, _INT, _INT, _INT]
 _ADAM_ARGS = [_ITEMS, _I64, _F, _F, _F, _F, _F, _F, _F, _F, _INT, _INT]
 
 
-def load_kernels():  # -> lifelong.kernels.Kernels (imported here: the package imports this module)
+def load_kernels() -> Kernels:
     """The ``Kernels`` backed by the compiled library; raises ``cpu_build.KernelBuildError``
     when it cannot be built or loaded."""
-    from lifelong.kernels import Kernels
+    from lifelong.kernels import Kernels  # here: the package imports this module on demand
 
     lib = cpu_build.load()
     c_sgd, c_adam = lib.lifelong_sgd_many, lib.lifelong_adam_many
@@ -88,8 +91,8 @@ def load_kernels():  # -> lifelong.kernels.Kernels (imported here: the package i
     return Kernels("cpu", sgd_update, adam_update, sgd_update_many, adam_update_many)
 
 
-def _adam(c_adam, table, count: int, step: int, lr: float, beta1: float, beta2: float, eps: float,
-          weight_decay: float, decoupled: bool) -> None:
+def _adam(c_adam: Callable[..., None], table: ctypes.Array, count: int, step: int, lr: float,
+          beta1: float, beta2: float, eps: float, weight_decay: float, decoupled: bool) -> None:
     # The scalars as the reference computes them (in double, rounded to fp32 by ctypes).
     bias1 = 1 - beta1 ** step
     bias2_sqrt = (1 - beta2 ** step) ** 0.5
