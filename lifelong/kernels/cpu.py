@@ -43,8 +43,8 @@ class _Item(ctypes.Structure):
 
 
 _ITEMS = ctypes.POINTER(_Item)
-_SGD_ARGS = [_ITEMS, _I64, _F, _F, _F, _INT, _INT, _INT]
-_ADAM_ARGS = [_ITEMS, _I64, _F, _F, _F, _F, _F, _F, _F, _F, _INT, _INT]
+_SGD_ARGS = [_ITEMS, _P, _I64, _F, _F, _F, _INT, _INT, _INT]
+_ADAM_ARGS = [_ITEMS, _P, _I64, _F, _F, _F, _F, _F, _F, _F, _F, _INT, _INT]
 
 
 def load_kernels() -> Kernels:
@@ -59,24 +59,27 @@ def load_kernels() -> Kernels:
     packer = _Packer()
 
     def sgd_update_many(items: Sequence[UpdateItem], *, lr: float, momentum: float,
-                        weight_decay: float) -> None:
+                        weight_decay: float, grads: Optional[Sequence[torch.Tensor]] = None) -> None:
         if items:
-            role = "sgd_momentum" if momentum else "sgd"
-            c_sgd(packer.table(items, role), len(items), lr, momentum, weight_decay,
+            packed = packer.get(items, "sgd_momentum" if momentum else "sgd")
+            c_sgd(packed.table, packed.grad_pointers(grads), len(items), lr, momentum, weight_decay,
                   1 if momentum else 0, 1 if weight_decay else 0, torch.get_num_threads())
 
     def adam_update_many(items: Sequence[UpdateItem], *, step: int, lr: float, beta1: float,
-                         beta2: float, eps: float, weight_decay: float, decoupled: bool) -> None:
+                         beta2: float, eps: float, weight_decay: float, decoupled: bool,
+                         grads: Optional[Sequence[torch.Tensor]] = None) -> None:
         if items:
-            _adam(c_adam, packer.table(items, "adam"), len(items), step, lr, beta1, beta2, eps,
-                  weight_decay, decoupled)
+            packed = packer.get(items, "adam")
+            _adam(c_adam, packed.table, packed.grad_pointers(grads), len(items), step, lr, beta1,
+                  beta2, eps, weight_decay, decoupled)
 
     def sgd_update(param: torch.Tensor, grad: torch.Tensor, momentum_buffer: Optional[torch.Tensor], *,
                    lr: float, momentum: float, weight_decay: float,
                    scale: Optional[torch.Tensor] = None, spans: Optional[torch.Tensor] = None,
                    pull: Optional[Pull] = None) -> None:
         item = UpdateItem(param, grad, momentum_buffer=momentum_buffer, scale=scale, spans=spans, pull=pull)
-        c_sgd(_pack([item], "sgd_momentum" if momentum else "sgd"), 1, lr, momentum, weight_decay,
+        packed = _Packed([item], "sgd_momentum" if momentum else "sgd")
+        c_sgd(packed.table, packed.grad_pointers(None), 1, lr, momentum, weight_decay,
               1 if momentum else 0, 1 if weight_decay else 0, torch.get_num_threads())
 
     def adam_update(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor,
@@ -86,23 +89,52 @@ def load_kernels() -> Kernels:
                     pull: Optional[Pull] = None) -> None:
         item = UpdateItem(param, grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq, scale=scale,
                           spans=spans, pull=pull)
-        _adam(c_adam, _pack([item], "adam"), 1, step, lr, beta1, beta2, eps, weight_decay, decoupled)
+        packed = _Packed([item], "adam")
+        _adam(c_adam, packed.table, packed.grad_pointers(None), 1, step, lr, beta1, beta2, eps,
+              weight_decay, decoupled)
 
     return Kernels("cpu", sgd_update, adam_update, sgd_update_many, adam_update_many)
 
 
-def _adam(c_adam: Callable[..., None], table: ctypes.Array, count: int, step: int, lr: float,
-          beta1: float, beta2: float, eps: float, weight_decay: float, decoupled: bool) -> None:
+def _adam(c_adam: Callable[..., None], table: ctypes.Array, grads: Optional[ctypes.Array], count: int,
+          step: int, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
+          decoupled: bool) -> None:
     # The scalars as the reference computes them (in double, rounded to fp32 by ctypes).
     bias1 = 1 - beta1 ** step
     bias2_sqrt = (1 - beta2 ** step) ** 0.5
-    c_adam(table, count, 1 - beta1, beta2, 1 - beta2, lr / bias1, bias2_sqrt, eps, weight_decay,
+    c_adam(table, grads, count, 1 - beta1, beta2, 1 - beta2, lr / bias1, bias2_sqrt, eps, weight_decay,
            lr * weight_decay, 0 if not weight_decay else (2 if decoupled else 1),
            torch.get_num_threads())
 
 
+class _Packed:
+    """The ``_Item`` array of a list of items, every tensor checked, and the sizes that
+    gradients passed apart (``grads=``) are checked against. ``role``: sgd (no momentum
+    buffer), sgd_momentum or adam."""
+
+    __slots__ = ("table", "sizes", "has_grads", "refs")
+
+    def __init__(self, items: Sequence[UpdateItem], role: str) -> None:
+        self.table = (_Item * len(items))()
+        self.sizes = [it.param.numel() for it in items]
+        self.has_grads = all(it.grad is not None for it in items)
+        self.refs: list[weakref.ref] = []
+        for i, (it, n) in enumerate(zip(items, self.sizes)):
+            self.table[i] = _item(it, n, role)
+
+    def grad_pointers(self, grads: Optional[Sequence[torch.Tensor]]) -> Optional[ctypes.Array]:
+        """None: the items' own gradients; else an array of ``grads``' pointers, checked."""
+        if grads is None:
+            if not self.has_grads:
+                raise ValueError("an item's grad is missing (pass grads=)")
+            return None
+        if len(grads) != len(self.sizes):
+            raise ValueError(f"{len(grads)} grads for {len(self.sizes)} items")
+        return (_P * len(grads))(*[_ptr(g, n, "grad") for g, n in zip(grads, self.sizes)])
+
+
 class _Packer:
-    """Packed arrays by the identity of their items, dropped when any of the items dies.
+    """``_Packed`` arrays by the identity of their items, dropped when any of the items dies.
 
     A key is the role and the items' ids. Every item gets a weak reference whose callback
     drops the entry as the item is freed, before its id can be reused, so a hit needs no
@@ -111,46 +143,41 @@ class _Packer:
 
     def __init__(self, size: int = 16) -> None:
         self.size = size
-        self.entries: dict[tuple, tuple[ctypes.Array, list[weakref.ref]]] = {}
+        self.entries: dict[tuple, _Packed] = {}
 
-    def table(self, items: Sequence[UpdateItem], role: str) -> ctypes.Array:
+    def get(self, items: Sequence[UpdateItem], role: str) -> _Packed:
         key = (role, *map(id, items))
-        entry = self.entries.get(key)
-        if entry is not None:
-            return entry[0]
-        table = _pack(items, role)
+        packed = self.entries.get(key)
+        if packed is not None:
+            return packed
+        packed = _Packed(items, role)
         while len(self.entries) >= self.size:
             self.entries.pop(next(iter(self.entries)))
         drop = functools.partial(self._drop, key)
-        self.entries[key] = (table, [weakref.ref(it, drop) for it in items])
-        return table
+        packed.refs = [weakref.ref(it, drop) for it in items]
+        self.entries[key] = packed
+        return packed
 
     def _drop(self, key: tuple, _dead: weakref.ref) -> None:
         self.entries.pop(key, None)
 
 
-def _pack(items: Sequence[UpdateItem], role: str) -> ctypes.Array:
-    """The ``_Item`` array of ``items``, every tensor checked. ``role``: sgd (no momentum
-    buffer), sgd_momentum or adam."""
-    table = (_Item * len(items))()
-    for i, it in enumerate(items):
-        n = it.param.numel()
-        if role == "adam":
-            states = (_ptr(it.exp_avg, n, "exp_avg"), _ptr(it.exp_avg_sq, n, "exp_avg_sq"))
-        elif role == "sgd_momentum":
-            if it.momentum_buffer is None:
-                raise ValueError("momentum != 0 needs a momentum_buffer")
-            states = (_ptr(it.momentum_buffer, n, "momentum_buffer"), None)
-        else:
-            states = (None, None)
-        lam, curvature, offset = (0.0, None, None) if it.pull is None else it.pull
-        scale, scale_kind = _scale(it.scale, n)
-        spans, n_spans = _spans(it.spans)
-        table[i] = _Item(_ptr(it.param, n, "param"), _ptr(it.grad, n, "grad"), *states,
-                         None if curvature is None else _ptr(curvature, n, "curvature"),
-                         None if offset is None else _ptr(offset, n, "offset"),
-                         scale, spans, n, n_spans, scale_kind, lam)
-    return table
+def _item(it: UpdateItem, n: int, role: str) -> _Item:
+    if role == "adam":
+        states = (_ptr(it.exp_avg, n, "exp_avg"), _ptr(it.exp_avg_sq, n, "exp_avg_sq"))
+    elif role == "sgd_momentum":
+        if it.momentum_buffer is None:
+            raise ValueError("momentum != 0 needs a momentum_buffer")
+        states = (_ptr(it.momentum_buffer, n, "momentum_buffer"), None)
+    else:
+        states = (None, None)
+    lam, curvature, offset = (0.0, None, None) if it.pull is None else it.pull
+    scale, scale_kind = _scale(it.scale, n)
+    spans, n_spans = _spans(it.spans)
+    return _Item(_ptr(it.param, n, "param"), None if it.grad is None else _ptr(it.grad, n, "grad"),
+                 *states, None if curvature is None else _ptr(curvature, n, "curvature"),
+                 None if offset is None else _ptr(offset, n, "offset"),
+                 scale, spans, n, n_spans, scale_kind, lam)
 
 
 def _ptr(t: Optional[torch.Tensor], n: int, name: str, dtype: torch.dtype = torch.float32) -> int:

@@ -154,6 +154,7 @@ typedef struct {
 /* The call: its items and the hyper-parameters they share. */
 typedef struct {
     const Item *items;
+    const float *const *grads;  /* NULL: each item's own grad; else grads[i] for item i */
     int64_t n_items;
     Ctx hyper;  /* the scalars; the pointers come from each item */
     int adam, has_momentum, has_decay, decay_kind;
@@ -172,9 +173,10 @@ static inline void piece(const Item *it, int64_t j, int64_t *a, int64_t *b) {
     *b = clamp64(it->spans[2 * j + 1], *a, it->n);
 }
 
-static inline Ctx ctx_of(const Work *w, const Item *it) {
+static inline Ctx ctx_of(const Work *w, int64_t i) {
+    const Item *it = &w->items[i];
     Ctx c = w->hyper;
-    c.param = it->param; c.grad = it->grad; c.buf = it->state1; c.exp_avg = it->state1;
+    c.param = it->param; c.grad = w->grads ? w->grads[i] : it->grad; c.buf = it->state1; c.exp_avg = it->state1;
     c.exp_avg_sq = it->state2; c.curvature = it->curvature; c.offset = it->offset;
     c.scale = it->scale; c.lam = (float)it->lam;
     return c;
@@ -220,7 +222,7 @@ static void run_chunk(const Work *w, Cut from, Cut to) {
     if (i == to.item && j == to.span) b = to.at;
     do {
         if (b > a) {
-            const Ctx c = ctx_of(w, &w->items[i]);
+            const Ctx c = ctx_of(w, i);
             fn_of(w, &w->items[i])(&c, a, b);
         }
     } while (next_piece(w, &i, &j, &a, &b, to));
@@ -297,19 +299,20 @@ static void drive(const Work *w, int n_threads) {
     if (cuts != local) free(cuts);
 }
 
-void lifelong_sgd_many(const Item *items, int64_t n_items, float lr, float momentum,
-                       float weight_decay, int has_momentum, int has_decay, int n_threads) {
-    const Work w = {.items = items, .n_items = n_items,
+void lifelong_sgd_many(const Item *items, const float *const *grads, int64_t n_items, float lr,
+                       float momentum, float weight_decay, int has_momentum, int has_decay,
+                       int n_threads) {
+    const Work w = {.items = items, .grads = grads, .n_items = n_items,
                     .hyper = {.lr = lr, .momentum = momentum, .weight_decay = weight_decay},
                     .adam = 0, .has_momentum = has_momentum != 0, .has_decay = has_decay != 0};
     drive(&w, n_threads);
 }
 
-void lifelong_adam_many(const Item *items, int64_t n_items,
+void lifelong_adam_many(const Item *items, const float *const *grads, int64_t n_items,
                         float one_minus_beta1, float beta2, float one_minus_beta2, float step_size,
                         float bias2_sqrt, float eps, float weight_decay, float lr_wd, int decay_kind,
                         int n_threads) {
-    const Work w = {.items = items, .n_items = n_items,
+    const Work w = {.items = items, .grads = grads, .n_items = n_items,
                     .hyper = {.one_minus_beta1 = one_minus_beta1, .beta2 = beta2,
                               .one_minus_beta2 = one_minus_beta2, .step_size = step_size,
                               .bias2_sqrt = bias2_sqrt, .eps = eps, .weight_decay = weight_decay,

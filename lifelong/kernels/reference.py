@@ -37,7 +37,10 @@ for a while resumes with the bias correction of the tensor's step count.
 
 ``sgd_update_many`` / ``adam_update_many`` update a list of tensors (``UpdateItem``) with
 the same hyper-parameters: exactly the single-tensor update of each, in one call, so a
-kernel can share one thread team and balance the work by elements across tensors.
+kernel can share one thread team and balance the work by elements across tensors. The
+gradients may come apart from the items (``grads=``, any shape of ``n`` contiguous
+elements): a caller whose tensors stay but whose gradients are new every step (the
+optimizer, after ``zero_grad(set_to_none=True)``) keeps its items from step to step.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ class UpdateItem:
     than swap a tensor's storage under an old one (``t.data = ...``)."""
 
     param: torch.Tensor
-    grad: torch.Tensor
+    grad: Optional[torch.Tensor]  # None: the call passes it (``grads=``)
     momentum_buffer: Optional[torch.Tensor] = None  # SGD with momentum
     exp_avg: Optional[torch.Tensor] = None  # Adam
     exp_avg_sq: Optional[torch.Tensor] = None  # Adam
@@ -116,20 +119,34 @@ def adam_update(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor,
 
 
 def sgd_update_many(items: Sequence[UpdateItem], *, lr: float, momentum: float,
-                    weight_decay: float) -> None:
-    """``sgd_update`` of every item, with the same hyper-parameters."""
-    for it in items:
-        sgd_update(it.param, it.grad, it.momentum_buffer, lr=lr, momentum=momentum,
+                    weight_decay: float, grads: Optional[Sequence[torch.Tensor]] = None) -> None:
+    """``sgd_update`` of every item, with the same hyper-parameters; ``grads[i]``, if
+    given, is item ``i``'s gradient."""
+    for it, grad in zip(items, item_grads(items, grads)):
+        sgd_update(it.param, grad, it.momentum_buffer, lr=lr, momentum=momentum,
                    weight_decay=weight_decay, scale=it.scale, spans=it.spans, pull=it.pull)
 
 
 def adam_update_many(items: Sequence[UpdateItem], *, step: int, lr: float, beta1: float,
-                     beta2: float, eps: float, weight_decay: float, decoupled: bool) -> None:
+                     beta2: float, eps: float, weight_decay: float, decoupled: bool,
+                     grads: Optional[Sequence[torch.Tensor]] = None) -> None:
     """``adam_update`` of every item, all at the same ``step``."""
-    for it in items:
-        adam_update(it.param, it.grad, it.exp_avg, it.exp_avg_sq, step=step, lr=lr, beta1=beta1,
+    for it, grad in zip(items, item_grads(items, grads)):
+        adam_update(it.param, grad, it.exp_avg, it.exp_avg_sq, step=step, lr=lr, beta1=beta1,
                     beta2=beta2, eps=eps, weight_decay=weight_decay, decoupled=decoupled,
                     scale=it.scale, spans=it.spans, pull=it.pull)
+
+
+def item_grads(items: Sequence[UpdateItem],
+               grads: Optional[Sequence[torch.Tensor]]) -> list[torch.Tensor]:
+    """Each item's gradient as a flat tensor: ``grads[i]`` if given, else the item's own."""
+    if grads is None:
+        if any(it.grad is None for it in items):
+            raise ValueError("an item's grad is missing (pass grads=)")
+        return [it.grad.reshape(-1) for it in items]
+    if len(grads) != len(items):
+        raise ValueError(f"{len(grads)} grads for {len(items)} items")
+    return [g.reshape(-1) for g in grads]
 
 
 _ALL_FROZEN = torch.zeros(0, dtype=torch.bool)  # a marker: nothing to update

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lifelong.kernels.reference import Pull, UpdateItem
+from lifelong.kernels.reference import Pull, UpdateItem, item_grads
 
 BLOCK = 1024
 _SCALE_KIND = {torch.uint8: 1, torch.bool: 1, torch.float32: 2}
@@ -218,17 +218,18 @@ def _scale(scale: Optional[torch.Tensor], n: int) -> Optional[torch.Tensor]:
 
 
 def sgd_update_many(items: Sequence[UpdateItem], *, lr: float, momentum: float,
-                    weight_decay: float) -> None:
+                    weight_decay: float, grads: Optional[Sequence[torch.Tensor]] = None) -> None:
     """``sgd_update`` per item: a launch costs microseconds on a GPU, not a thread team."""
-    for it in items:
-        sgd_update(it.param, it.grad, it.momentum_buffer, lr=lr, momentum=momentum,
+    for it, grad in zip(items, item_grads(items, grads)):
+        sgd_update(it.param, grad, it.momentum_buffer, lr=lr, momentum=momentum,
                    weight_decay=weight_decay, scale=it.scale, spans=it.spans, pull=it.pull)
 
 
 def adam_update_many(items: Sequence[UpdateItem], *, step: int, lr: float, beta1: float,
-                     beta2: float, eps: float, weight_decay: float, decoupled: bool) -> None:
+                     beta2: float, eps: float, weight_decay: float, decoupled: bool,
+                     grads: Optional[Sequence[torch.Tensor]] = None) -> None:
     """``adam_update`` per item."""
-    for it in items:
-        adam_update(it.param, it.grad, it.exp_avg, it.exp_avg_sq, step=step, lr=lr, beta1=beta1,
+    for it, grad in zip(items, item_grads(items, grads)):
+        adam_update(it.param, grad, it.exp_avg, it.exp_avg_sq, step=step, lr=lr, beta1=beta1,
                     beta2=beta2, eps=eps, weight_decay=weight_decay, decoupled=decoupled,
                     scale=it.scale, spans=it.spans, pull=it.pull)

@@ -34,6 +34,10 @@ class FusedOptimizer(torch.optim.Optimizer):
         self.kind = cfg.name  # sgd | adam | adamw
         self.kernels = kernels
         self.plans: PlanSource = dict  # the engine points this at its UpdateRules
+        # Per parameter, its item of the last step and what that item was made from: the
+        # items (and the kernel's packed pointers) stay while nothing but the gradient,
+        # new every step, changes, so a steady step does little Python work per tensor.
+        self._items: dict[torch.Tensor, tuple[tuple, UpdateItem, Optional[UpdatePlan]]] = {}
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:
@@ -43,58 +47,71 @@ class FusedOptimizer(torch.optim.Optimizer):
                 loss = closure()
         plans = self.plans()
         for group in self.param_groups:
-            items, steps = [], []
+            items, grads, steps, counted = [], [], [], []
             for param in group["params"]:
-                if param.grad is None:
+                grad = param.grad
+                if grad is None:
                     continue
-                item = self._item(param, group, plans.get(id(param)))
-                if item is not None:
-                    items.append(item)
-                    steps.append(self.state[param].get("step"))
-            self._update(items, steps, group)
+                state = self._state(param, group)
+                if self.kind != "sgd":
+                    counted.append(state["step"])  # one count per tensor, frozen entries or not
+                plan = plans.get(id(param))
+                if plan is not None and plan.frozen:
+                    continue  # no kernel call at all
+                items.append(self._item(param, state, plan))
+                grads.append(grad)
+                if self.kind != "sgd":
+                    steps.append(state["step"])
+            if counted:
+                torch._foreach_add_(counted, 1)
+            self._update(items, grads, steps, group)
         return loss
 
-    def _item(self, param: torch.Tensor, group: dict, plan: Optional[UpdatePlan]) -> Optional[UpdateItem]:
-        """``param``'s share of this step (its state made and counted as torch's optimizers
-        do), or None when its plan freezes all of it: no kernel call at all."""
+    def _state(self, param: torch.Tensor, group: dict) -> dict:
+        """``param``'s state, made as torch's optimizers make it on the first step."""
         state = self.state[param]
         if self.kind == "sgd":
             if group["momentum"] and "momentum_buffer" not in state:
                 state["momentum_buffer"] = torch.zeros_like(param)  # = torch's clone on step 1
-        else:
-            if not state:
-                state["step"] = torch.tensor(0.0)
-                state["exp_avg"] = torch.zeros_like(param)  # torch's shapes: checkpoints read them
-                state["exp_avg_sq"] = torch.zeros_like(param)
-            state["step"] += 1  # one count per tensor, frozen entries or not
-        if plan is not None and plan.frozen:
-            return None
-        flat, grad = param.view(-1), param.grad.reshape(-1)
-        masking = _masking(plan)
-        if self.kind == "sgd":
-            buf = state.get("momentum_buffer")
-            return UpdateItem(flat, grad, momentum_buffer=None if buf is None else buf.view(-1), **masking)
-        return UpdateItem(flat, grad, exp_avg=state["exp_avg"].view(-1),
-                          exp_avg_sq=state["exp_avg_sq"].view(-1), **masking)
+        elif not state:
+            state["step"] = torch.tensor(0.0)
+            state["exp_avg"] = torch.zeros_like(param)  # torch's shapes: checkpoints read them
+            state["exp_avg_sq"] = torch.zeros_like(param)
+        return state
 
-    def _update(self, items: list[UpdateItem], steps: list[Optional[torch.Tensor]], group: dict) -> None:
+    def _item(self, param: torch.Tensor, state: dict, plan: Optional[UpdatePlan]) -> UpdateItem:
+        """``param``'s item (its gradient comes apart): the last step's, unless the plan,
+        a state tensor (a loaded checkpoint) or the parameter's storage has changed."""
+        buf, m, v = state.get("momentum_buffer"), state.get("exp_avg"), state.get("exp_avg_sq")
+        made_from = (id(plan), id(buf), id(m), id(v), param.data_ptr())
+        cached = self._items.get(param)
+        if cached is not None and cached[0] == made_from:
+            return cached[1]
+        flat = (lambda t: None if t is None else t.view(-1))
+        item = UpdateItem(flat(param), None, momentum_buffer=flat(buf), exp_avg=flat(m),
+                          exp_avg_sq=flat(v), **_masking(plan))
+        self._items[param] = (made_from, item, plan)  # holding what the ids name keeps them unique
+        return item
+
+    def _update(self, items: list[UpdateItem], grads: list[torch.Tensor], steps: list[torch.Tensor],
+                group: dict) -> None:
         """One kernel call for the group; Adam's tensors step together while their step
         counts agree (they do unless a tensor joined the group late: then one call each)."""
         if not items:
             return
         if self.kind == "sgd":
             self.kernels.sgd_update_many(items, lr=group["lr"], momentum=group["momentum"],
-                                         weight_decay=group["weight_decay"])
+                                         weight_decay=group["weight_decay"], grads=grads)
             return
         beta1, beta2 = group["betas"]
         hyper = dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
                      weight_decay=group["weight_decay"], decoupled=self.kind == "adamw")
-        counts = [int(step) for step in steps]
+        counts = [int(c) for c in torch.stack(steps).tolist()]
         if all(count == counts[0] for count in counts):
-            self.kernels.adam_update_many(items, step=counts[0], **hyper)
+            self.kernels.adam_update_many(items, step=counts[0], grads=grads, **hyper)
             return
-        for item, count in zip(items, counts):
-            self.kernels.adam_update_many([item], step=count, **hyper)
+        for item, grad, count in zip(items, grads, counts):
+            self.kernels.adam_update_many([item], step=count, grads=[grad], **hyper)
 
 
 def _masking(plan: Optional[UpdatePlan]) -> dict:

@@ -74,22 +74,25 @@ class ManyCase:
     optimizer: str
     shapes: tuple[tuple[int, int], ...]
     seed: int = 0
+    grads_apart: bool = False  # items without gradients; each call passes them, 2-D
 
     @property
     def id(self) -> str:
-        return f"many-{self.optimizer}-{len(self.shapes)}_tensors-{sum(r * c for r, c in self.shapes)}"
+        return (f"many-{self.optimizer}-{len(self.shapes)}_tensors-{sum(r * c for r, c in self.shapes)}"
+                + ("-grads_apart" if self.grads_apart else ""))
 
 
 MANY_SHAPES = ((1, 1), (3, 5), (16, 65), (300, 1031), (7, 1031), (64, 64)) * 2
-TRITON_MANY_CASES = tuple(ManyCase(o, ((1, 1), (3, 5), (2, 7), (3, 1056)) * 3, seed=i)
+TRITON_MANY_CASES = tuple(ManyCase(o, ((1, 1), (3, 5), (2, 7), (3, 1056)) * 3, seed=i, grads_apart=i == 1)
                           for i, o in enumerate(("sgd_momentum", "adamw")))
 
 
 def check_many(case: ManyCase, sgd_update_many: Callable[..., None],
                adam_update_many: Callable[..., None]) -> None:
     """``STEPS`` many-calls against ``reference.sgd_update``/``adam_update`` per tensor. The
-    items are built once and reused (new gradient values copied into the same tensors),
-    as a caller with fixed tensors would; raises AssertionError as ``check`` does."""
+    items are built once and reused, as a caller with fixed tensors would: with their own
+    gradients (new values copied in), or without, new gradients passed each call
+    (``grads_apart``); raises AssertionError as ``check`` does."""
     g = torch.Generator().manual_seed(case.seed)
     kind, hyper = OPTIMIZERS[case.optimizer]
     ours, theirs, initials, frozens, extras, grads = [], [], [], [], [], []
@@ -104,22 +107,29 @@ def check_many(case: ManyCase, sgd_update_many: Callable[..., None],
         initials.append(initial)
         frozens.append(_frozen(scale, spans, n))
         extras.append({"scale": scale, "spans": spans, "pull": pull})
-        grads.append(torch.empty(n))
-    items = [UpdateItem(state["param"], grad, momentum_buffer=state.get("momentum_buffer"),
-                        exp_avg=state.get("exp_avg"), exp_avg_sq=state.get("exp_avg_sq"), **extra)
+        grads.append(torch.empty(rows, cols))
+    items = [UpdateItem(state["param"], None if case.grads_apart else grad.view(-1),
+                        momentum_buffer=state.get("momentum_buffer"), exp_avg=state.get("exp_avg"),
+                        exp_avg_sq=state.get("exp_avg_sq"), **extra)
              for state, grad, extra in zip(ours, grads, extras)]
     for step in range(1, STEPS + 1):
-        for grad in grads:
-            grad.copy_(torch.randn(grad.numel(), generator=g))
-        if kind == "sgd":
-            sgd_update_many(items, **hyper)
-            for state, grad, extra in zip(theirs, grads, extras):
-                reference.sgd_update(state["param"], grad, state.get("momentum_buffer"), **hyper, **extra)
+        if case.grads_apart:
+            grads = [torch.randn(grad.shape, generator=g) for grad in grads]
+            apart = {"grads": grads}
         else:
-            adam_update_many(items, step=step, **hyper)
+            for grad in grads:
+                grad.copy_(torch.randn(grad.shape, generator=g))
+            apart = {}
+        if kind == "sgd":
+            sgd_update_many(items, **hyper, **apart)
             for state, grad, extra in zip(theirs, grads, extras):
-                reference.adam_update(state["param"], grad, state["exp_avg"], state["exp_avg_sq"],
-                                      step=step, **hyper, **extra)
+                reference.sgd_update(state["param"], grad.view(-1), state.get("momentum_buffer"),
+                                     **hyper, **extra)
+        else:
+            adam_update_many(items, step=step, **hyper, **apart)
+            for state, grad, extra in zip(theirs, grads, extras):
+                reference.adam_update(state["param"], grad.view(-1), state["exp_avg"],
+                                      state["exp_avg_sq"], step=step, **hyper, **extra)
     for i, (initial, frozen) in enumerate(zip(initials, frozens)):
         for name, start in initial.items():
             got, want = ours[i][name], theirs[i][name]

@@ -4,6 +4,8 @@ differ within a group (a tensor that got its first gradient late)."""
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from lifelong.kernels import REFERENCE, Kernels
@@ -82,3 +84,38 @@ def test_adam_steps_that_differ_get_a_call_each() -> None:
                      ("adam", [6], 3), ("adam", [9], 2)]
     for ours, theirs in zip(ps, twins):
         torch.testing.assert_close(ours.detach(), theirs.detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_items_stay_while_only_the_gradients_change() -> None:
+    ps = params(2, 3)
+    seen = []
+    kernels = Kernels("recording", None, None, lambda items, **hyper: seen.append(list(items)), None)
+    opt = FusedOptimizer(ps, OptimConfig(name="sgd", lr=0.1, momentum=0.9), kernels)
+    for step in range(2):
+        set_grads(ps, step)  # new gradient tensors, as after zero_grad(set_to_none=True)
+        opt.step()
+    assert all(a is b for a, b in zip(*seen))
+    opt.plans = lambda: {id(ps[0]): UpdatePlan(scale=torch.ones(6, dtype=torch.uint8))}
+    opt.step()
+    assert seen[2][0] is not seen[1][0] and seen[2][0].scale is not None and seen[2][1] is seen[1][1]
+
+
+def test_a_loaded_state_and_a_swapped_parameter_storage_are_followed() -> None:
+    """The optimizer keeps views of parameters and state between steps: after
+    load_state_dict (new state tensors) or ``param.data = ...`` it must use the new ones."""
+    ps, twins = params(2, 3), params(2, 3)
+    cfg = OptimConfig(name="adamw", lr=0.1, weight_decay=0.1)
+    opt, twin_opt = FusedOptimizer(ps, cfg, REFERENCE), torch.optim.AdamW(twins, lr=0.1, weight_decay=0.1)
+    for step in range(5):
+        if step == 2:
+            opt.load_state_dict(copy.deepcopy(twin_opt.state_dict()))  # equal values, new tensors
+        if step == 3:
+            for ours, theirs in zip(ps, twins):
+                ours.data = theirs.detach().clone()  # new storage
+        for group in (ps, twins):
+            set_grads(group, step)
+        opt.step()
+        twin_opt.step()
+    for ours, theirs in zip(ps, twins):
+        torch.testing.assert_close(ours.detach(), theirs.detach(), rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(opt.state[ours]["exp_avg"], twin_opt.state[theirs]["exp_avg"])

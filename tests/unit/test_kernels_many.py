@@ -37,9 +37,16 @@ def test_a_many_call_matches_the_reference_per_tensor(cpu_kernels: kernels.Kerne
         torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize("optimizer", ["sgd_momentum", "adam"])
+def test_gradients_passed_apart_from_the_items(cpu_kernels: kernels.Kernels, optimizer: str) -> None:
+    case = ManyCase(optimizer, MANY_SHAPES, seed=9, grads_apart=True)
+    kernel_cases.check_many(case, cpu_kernels.sgd_update_many, cpu_kernels.adam_update_many)
+
+
+@pytest.mark.parametrize("grads_apart", [False, True])
 @pytest.mark.parametrize("optimizer", ["sgd_momentum", "adamw"])
-def test_the_reference_many_call_is_its_single_call_per_tensor(optimizer: str) -> None:
-    case = ManyCase(optimizer, MANY_SHAPES[:6], seed=5)
+def test_the_reference_many_call_is_its_single_call_per_tensor(optimizer: str, grads_apart: bool) -> None:
+    case = ManyCase(optimizer, MANY_SHAPES[:6], seed=5, grads_apart=grads_apart)
     kernel_cases.check_many(case, REFERENCE.sgd_update_many, REFERENCE.adam_update_many)
 
 
@@ -74,20 +81,21 @@ def test_packed_arrays_are_kept_while_their_items_live() -> None:
     packer = cpu._Packer(size=2)
     p, g, b = torch.zeros(10), torch.zeros(10), torch.zeros(10)
     items = [UpdateItem(p, g, momentum_buffer=b)]
-    first = packer.table(items, "sgd")
-    assert packer.table(list(items), "sgd") is first  # the same items, another list: kept
-    assert first[0].state1 is None and packer.table(items, "sgd_momentum")[0].state1 == b.data_ptr()
+    first = packer.get(items, "sgd")
+    assert packer.get(list(items), "sgd") is first  # the same items, another list: kept
+    assert first.table[0].state1 is None
+    assert packer.get(items, "sgd_momentum").table[0].state1 == b.data_ptr()
     del items
     gc.collect()
     assert not packer.entries  # dropped with their item
     other = torch.ones(10)
     renewed = [UpdateItem(other, g)]  # may reuse the dead item's id: must not hit
-    assert packer.table(renewed, "sgd")[0].param == other.data_ptr()
+    assert packer.get(renewed, "sgd").table[0].param == other.data_ptr()
     kept = [UpdateItem(g, g)], [UpdateItem(p, p)]
     for more in kept:
-        packer.table(more, "sgd")
+        packer.get(more, "sgd")
     assert len(packer.entries) == 2  # bounded: the oldest went
-    assert packer.table(kept[1], "sgd") is packer.table(kept[1], "sgd")
+    assert packer.get(kept[1], "sgd") is packer.get(kept[1], "sgd")
 
 
 def test_a_bad_tensor_in_a_many_call_is_refused(cpu_kernels: kernels.Kernels) -> None:
@@ -102,3 +110,12 @@ def test_a_bad_tensor_in_a_many_call_is_refused(cpu_kernels: kernels.Kernels) ->
         cpu_kernels.adam_update_many([good], step=1, lr=0.1, beta1=0.9, beta2=0.99, eps=1e-8,
                                      weight_decay=0.0, decoupled=False)
     cpu_kernels.sgd_update_many([], lr=0.1, momentum=0.9, weight_decay=0.0)  # nothing to do
+    no_grad = UpdateItem(torch.zeros(8), None, momentum_buffer=torch.zeros(8))
+    sgd = dict(lr=0.1, momentum=0.9, weight_decay=0.0)
+    for impl in (cpu_kernels, REFERENCE):
+        with pytest.raises(ValueError, match="grad is missing"):
+            impl.sgd_update_many([no_grad], **sgd)
+        with pytest.raises(ValueError, match="2 grads for 1 items"):
+            impl.sgd_update_many([no_grad], grads=[torch.zeros(8)] * 2, **sgd)
+    with pytest.raises(ValueError, match="grad must be a contiguous CPU"):
+        cpu_kernels.sgd_update_many([no_grad], grads=[torch.zeros(4, 4)[:, :2]], **sgd)
