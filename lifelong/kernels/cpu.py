@@ -11,8 +11,8 @@ per call; small updates run on one thread.
 A many-call keeps the packed array while its ``UpdateItem``s live (``_Packer``): a caller
 that passes the same items each step (the benchmark; any loop over fixed tensors) pays
 for a dictionary lookup, not for checking and packing every tensor again (about 8 us per
-tensor). The engine's optimizer builds new items each step (``zero_grad`` leaves new
-gradient tensors), so it packs each step.
+tensor). Gradients passed apart (``grads=``, as the optimizer passes them: ``zero_grad``
+leaves new ones every step) are checked and their pointers packed per call.
 """
 
 from __future__ import annotations
