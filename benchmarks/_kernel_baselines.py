@@ -100,29 +100,29 @@ def row_masks(shapes: list[tuple[int, int]], fraction: float) -> list[torch.Tens
 
 def fused_sgd(k: Kernels, scales: Optional[str] = "masks", rows: Optional[float] = None) -> Factory:
     """SGD-momentum + EWC pull with ``k``: element mask (``scales="masks"``), a row mask
-    (``"rows"``), none, or only the ``rows`` fraction's spans. One many-call per step over
-    items built once, as the engine's optimizer calls it."""
+    (``"rows"``), none, or only the ``rows`` fraction's spans. One many-call per step, as
+    the engine's optimizer makes it: items kept from step to step, gradients passed apart."""
     def factory(pb: Problem) -> Step:
         scale = {"masks": pb.masks, "rows": row_masks(pb.shapes, rows or 0.0), None: None}[scales]
         spans = row_spans(pb.shapes, rows) if rows is not None and scales is None else None
-        items = [UpdateItem(p, pb.grads[i], momentum_buffer=pb.bufs[i],
+        items = [UpdateItem(p, None, momentum_buffer=pb.bufs[i],
                             scale=None if scale is None else scale[i],
                             spans=None if spans is None else spans[i],
                             pull=(LAM, pb.curvature[i], pb.offset[i]))
                  for i, p in enumerate(pb.params)]
-        return lambda: k.sgd_update_many(items, **SGD)
+        return lambda: k.sgd_update_many(items, **SGD, grads=pb.grads)
     return factory
 
 
 def fused_adam(k: Kernels, masked: bool) -> Factory:
     def factory(pb: Problem) -> Step:
         step_no = [FIRST_STEP - 1]
-        items = [UpdateItem(p, pb.grads[i], exp_avg=pb.exp_avg[i], exp_avg_sq=pb.exp_avg_sq[i],
+        items = [UpdateItem(p, None, exp_avg=pb.exp_avg[i], exp_avg_sq=pb.exp_avg_sq[i],
                             scale=pb.masks[i] if masked else None) for i, p in enumerate(pb.params)]
 
         def step() -> None:
             step_no[0] += 1
-            k.adam_update_many(items, step=step_no[0], **ADAM, decoupled=False)
+            k.adam_update_many(items, step=step_no[0], **ADAM, decoupled=False, grads=pb.grads)
         return step
     return factory
 
