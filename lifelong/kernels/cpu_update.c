@@ -176,8 +176,8 @@ static inline void piece(const Item *it, int64_t j, int64_t *a, int64_t *b) {
 static inline Ctx ctx_of(const Work *w, int64_t i) {
     const Item *it = &w->items[i];
     Ctx c = w->hyper;
-    c.param = it->param; c.grad = w->grads ? w->grads[i] : it->grad; c.buf = it->state1; c.exp_avg = it->state1;
-    c.exp_avg_sq = it->state2; c.curvature = it->curvature; c.offset = it->offset;
+    c.param = it->param; c.grad = w->grads ? w->grads[i] : it->grad;
+    c.buf = it->state1; c.exp_avg = it->state1; c.exp_avg_sq = it->state2; c.curvature = it->curvature; c.offset = it->offset;
     c.scale = it->scale; c.lam = (float)it->lam;
     return c;
 }
