@@ -63,10 +63,14 @@ FIGURES = [
 ]
 
 
-def implementations(k: Kernels) -> dict[str, tuple[base.Factory, base.Factory]]:
-    """Name -> (the step timed, the step it must equal)."""
+SLOW_TO_BUILD = ("sgd compiled", "adam compiled", "adam dense deepspeed")  # 1-3 min each, cold
+
+
+def implementations(k: Kernels, quick: bool = False) -> dict[str, tuple[base.Factory, base.Factory]]:
+    """Name -> (the step timed, the step it must equal); ``quick`` leaves out the steps that
+    take minutes to build on a fresh machine (inductor, DeepSpeed's CPU Adam)."""
     sgd, adam, dense = base.reference_steps().values()
-    return {
+    every = {
         "sgd fused": (base.fused_sgd(k), sgd),
         "sgd eager": (base.eager_sgd, sgd),
         "sgd compiled": (base.compiled_sgd, sgd),
@@ -79,6 +83,7 @@ def implementations(k: Kernels) -> dict[str, tuple[base.Factory, base.Factory]]:
         "adam dense deepspeed": (base.deepspeed_adam, dense),
         "adam dense torch": (base.torch_fused_adam, dense),
     }
+    return {name: steps for name, steps in every.items() if not (quick and name in SLOW_TO_BUILD)}
 
 
 def stream_add(pb: base.Problem) -> base.Step:
@@ -131,7 +136,7 @@ def print_figures(rows: list[tuple[str, str, str, str, str]]) -> None:
 
 
 def cpu_section(args: argparse.Namespace, k: Kernels) -> None:
-    impls = implementations(k)
+    impls = implementations(k, args.quick)
     failures, unavailable = base.check(impls, CHECK_SHAPES)
     if failures:
         sys.exit("benchmarks/kernels.py: a step does not compute the reference's update:\n  "
@@ -225,7 +230,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--gpu-elements", type=int, default=100_000_000)
-    parser.add_argument("--quick", action="store_true", help="tiny tensors, 2 rounds: a smoke test")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny tensors, 2 rounds, no inductor or DeepSpeed CPU Adam builds: a smoke test")
     args = parser.parse_args()
     if os.environ.get("OMP_NUM_THREADS") != str(args.threads):
         # DeepSpeed's extension (and a C kernel) bring their own OpenMP runtime, which reads
