@@ -46,7 +46,7 @@ optimizer, after ``zero_grad(set_to_none=True)``) keeps its items from step to s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -118,23 +118,29 @@ def adam_update(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor,
     p.copy_(_select(keep, p, p - _scaled(update, scale)))
 
 
-def sgd_update_many(items: Sequence[UpdateItem], *, lr: float, momentum: float,
-                    weight_decay: float, grads: Optional[Sequence[torch.Tensor]] = None) -> None:
-    """``sgd_update`` of every item, with the same hyper-parameters; ``grads[i]``, if
-    given, is item ``i``'s gradient."""
-    for it, grad in zip(items, item_grads(items, grads)):
-        sgd_update(it.param, grad, it.momentum_buffer, lr=lr, momentum=momentum,
-                   weight_decay=weight_decay, scale=it.scale, spans=it.spans, pull=it.pull)
+def per_item(sgd: Callable[..., None], adam: Callable[..., None]) -> tuple[Callable[..., None], Callable[..., None]]:
+    """Multi-tensor updates as a loop over single-tensor ``sgd`` and ``adam`` updates, with
+    the same hyper-parameters for all items (``grads[i]``, if given, is item ``i``'s
+    gradient; Adam's items share one ``step``)."""
+
+    def sgd_update_many(items: Sequence[UpdateItem], *, lr: float, momentum: float,
+                        weight_decay: float, grads: Optional[Sequence[torch.Tensor]] = None) -> None:
+        for it, grad in zip(items, item_grads(items, grads)):
+            sgd(it.param, grad, it.momentum_buffer, lr=lr, momentum=momentum,
+                weight_decay=weight_decay, scale=it.scale, spans=it.spans, pull=it.pull)
+
+    def adam_update_many(items: Sequence[UpdateItem], *, step: int, lr: float, beta1: float,
+                         beta2: float, eps: float, weight_decay: float, decoupled: bool,
+                         grads: Optional[Sequence[torch.Tensor]] = None) -> None:
+        for it, grad in zip(items, item_grads(items, grads)):
+            adam(it.param, grad, it.exp_avg, it.exp_avg_sq, step=step, lr=lr, beta1=beta1,
+                 beta2=beta2, eps=eps, weight_decay=weight_decay, decoupled=decoupled,
+                 scale=it.scale, spans=it.spans, pull=it.pull)
+
+    return sgd_update_many, adam_update_many
 
 
-def adam_update_many(items: Sequence[UpdateItem], *, step: int, lr: float, beta1: float,
-                     beta2: float, eps: float, weight_decay: float, decoupled: bool,
-                     grads: Optional[Sequence[torch.Tensor]] = None) -> None:
-    """``adam_update`` of every item, all at the same ``step``."""
-    for it, grad in zip(items, item_grads(items, grads)):
-        adam_update(it.param, grad, it.exp_avg, it.exp_avg_sq, step=step, lr=lr, beta1=beta1,
-                    beta2=beta2, eps=eps, weight_decay=weight_decay, decoupled=decoupled,
-                    scale=it.scale, spans=it.spans, pull=it.pull)
+sgd_update_many, adam_update_many = per_item(sgd_update, adam_update)
 
 
 def item_grads(items: Sequence[UpdateItem],

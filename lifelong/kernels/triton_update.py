@@ -17,13 +17,13 @@ CPU tensors.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from lifelong.kernels.reference import Pull, UpdateItem, item_grads
+from lifelong.kernels.reference import Pull, per_item
 
 BLOCK = 1024
 _SCALE_KIND = {torch.uint8: 1, torch.bool: 1, torch.float32: 2}
@@ -217,19 +217,5 @@ def _scale(scale: Optional[torch.Tensor], n: int) -> Optional[torch.Tensor]:
     return scale.view(torch.uint8) if scale.dtype == torch.bool else scale
 
 
-def sgd_update_many(items: Sequence[UpdateItem], *, lr: float, momentum: float,
-                    weight_decay: float, grads: Optional[Sequence[torch.Tensor]] = None) -> None:
-    """``sgd_update`` per item: a launch costs microseconds on a GPU, not a thread team."""
-    for it, grad in zip(items, item_grads(items, grads)):
-        sgd_update(it.param, grad, it.momentum_buffer, lr=lr, momentum=momentum,
-                   weight_decay=weight_decay, scale=it.scale, spans=it.spans, pull=it.pull)
-
-
-def adam_update_many(items: Sequence[UpdateItem], *, step: int, lr: float, beta1: float,
-                     beta2: float, eps: float, weight_decay: float, decoupled: bool,
-                     grads: Optional[Sequence[torch.Tensor]] = None) -> None:
-    """``adam_update`` per item."""
-    for it, grad in zip(items, item_grads(items, grads)):
-        adam_update(it.param, grad, it.exp_avg, it.exp_avg_sq, step=step, lr=lr, beta1=beta1,
-                    beta2=beta2, eps=eps, weight_decay=weight_decay, decoupled=decoupled,
-                    scale=it.scale, spans=it.spans, pull=it.pull)
+# A launch costs microseconds on a GPU, not a thread team: the multi-tensor calls loop.
+sgd_update_many, adam_update_many = per_item(sgd_update, adam_update)
