@@ -7,11 +7,17 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from lifelong.platform.config import RunConfig, build_config
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+# tests/gpu compiles and runs the Triton kernels on a CUDA device (scripts/gpu_check.sh);
+# without one it is not collected: tests/unit/test_kernels_triton.py runs the same cases
+# under Triton's interpreter on CPU.
+collect_ignore = [] if torch.cuda.is_available() else ["gpu"]
 
 
 def make_config(**groups: Any) -> RunConfig:
