@@ -125,3 +125,30 @@ def test_clearing_a_mask_restores_the_dense_step():
     eng.update_mask("0.weight", None)
     run(eng, 2), run(dense, 2)
     assert torch.equal(eng.named["0.weight"], dense.named["0.weight"])
+
+
+def test_the_readmes_freeze_example_freezes_and_scales_through_a_whole_run():
+    """strategy_examples/freeze_strategy.py, by file path, on the plain engine over split
+    digits: the frozen units' incoming weights, bias and momentum end as they started."""
+    from pathlib import Path
+
+    from lifelong.platform.learner import Learner
+    from tests.conftest import make_config
+
+    example = Path(__file__).resolve().parents[2] / "strategy_examples" / "freeze_strategy.py"
+    cfg = make_config(stream={"dataset": "digits", "scenario": "split", "n_tasks": 2},
+                      model={"hidden": [32]}, optim={"name": "sgd", "lr": 0.1, "momentum": 0.9},
+                      strategy={"name": f"{example}:FreezeUnits", "fraction": 0.75, "scale": 0.5},
+                      train={"epochs": 1, "batch_size": 32}, engine={"backend": "torch"})
+    learner = Learner(cfg)
+    start = {n: p.detach().clone() for n, p in learner.engine.named.items()}
+    learner.run()
+    rows = learner.engine.rules.masks["0.weight"]
+    assert rows.tolist().count(0.0) == 24 and set(rows.tolist()) == {0.0, 0.5}
+    frozen = rows == 0
+    weight, bias = learner.engine.named["0.weight"].detach(), learner.engine.named["0.bias"].detach()
+    assert torch.equal(weight[frozen], start["0.weight"][frozen])
+    assert torch.equal(bias[frozen], start["0.bias"][frozen])
+    assert not torch.equal(weight[~frozen], start["0.weight"][~frozen])
+    momentum = learner.engine.optimizer.state[learner.engine.named["0.weight"]]["momentum_buffer"]
+    assert torch.equal(momentum[frozen], torch.zeros_like(momentum[frozen]))
