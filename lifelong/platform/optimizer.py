@@ -117,5 +117,5 @@ class FusedOptimizer(torch.optim.Optimizer):
 def _masking(plan: Optional[UpdatePlan]) -> dict:
     if plan is None:
         return {}
-    pull = None if plan.curvature is None else (1.0, plan.curvature, plan.offset)
+    pull = None if plan.curvature is None else (plan.lam, plan.curvature, plan.offset)
     return {"scale": plan.scale, "spans": plan.spans, "pull": pull}

@@ -30,8 +30,9 @@ class UpdatePlan:
 
     scale: Optional[torch.Tensor] = None  # uint8 or float32 per element; None = all 1
     spans: Optional[torch.Tensor] = None  # (k, 2) active [start, stop); None = everywhere
-    curvature: Optional[torch.Tensor] = None  # lam * curvature, per element
-    offset: Optional[torch.Tensor] = None  # lam * offset, per element
+    curvature: Optional[torch.Tensor] = None  # the pull's, per element of the flat tensor
+    offset: Optional[torch.Tensor] = None
+    lam: float = 1.0
 
     @property
     def frozen(self) -> bool:
@@ -118,7 +119,11 @@ def build_plans(rules: UpdateRules, layout: Layout) -> dict[int, UpdatePlan]:
             for name, f in masked:
                 flat_slice(f, scale).copy_(slice_of(rules.element_mask(name), f))
             plan.scale, plan.spans = compact(scale)
-        if pulled:
+        if len(pulled) == 1 and len(parts) == 1 and _whole(pulled[0][1], flat, rules.pulls[pulled[0][0]][1]):
+            # A whole parameter (plain worker, ZeRO-0): the strategy's own tensors, no copy.
+            plan.lam, curvature, offset = rules.pulls[pulled[0][0]]
+            plan.curvature, plan.offset = curvature.reshape(-1), offset.reshape(-1)
+        elif pulled:  # slices of many parameters, lam folded in
             plan.curvature = torch.zeros(flat.numel(), dtype=torch.float32)
             plan.offset = torch.zeros(flat.numel(), dtype=torch.float32)
             for name, f in pulled:
@@ -173,4 +178,9 @@ def reset_state(optimizer_state: dict, keys: tuple[str, ...], fragments: list[Fr
 
 def _to(plan: UpdatePlan, device: torch.device) -> UpdatePlan:
     move = (lambda t: None if t is None else t.to(device))
-    return UpdatePlan(move(plan.scale), plan.spans, move(plan.curvature), move(plan.offset))
+    return UpdatePlan(move(plan.scale), plan.spans, move(plan.curvature), move(plan.offset), plan.lam)
+
+
+def _whole(fragment: Fragment, flat: torch.Tensor, like: torch.Tensor) -> bool:
+    return (fragment.flat_start == 0 and fragment.numel == flat.numel() == like.numel()
+            and like.is_contiguous() and like.dtype == torch.float32 and like.device == flat.device)

@@ -108,7 +108,9 @@ class StrategyContext(Protocol):
     def set_pull(self, name: str, lam: float, curvature: Optional[torch.Tensor],
                  offset: Optional[torch.Tensor]) -> None:
         """Add ``lam * (curvature * theta - offset)`` to ``name``'s gradient in the fused step
-        (full-shape tensors, the same on every rank); ``None`` removes the pull."""
+        (full-shape tensors, the same on every rank); ``None`` removes the pull. The platform
+        keeps the tensors without copying where it can: to change them, call again with new
+        ones rather than editing them in place."""
 
     def reduce(self, tensor: torch.Tensor, op: Literal["sum", "mean"] = "sum") -> torch.Tensor:
         """All-reduce across workers (identity on one worker)."""
