@@ -25,7 +25,7 @@ from lifelong.platform.update_rules import UpdateRules, reset_state
 OPTIMIZER_STATE_KEYS = ("momentum_buffer", "exp_avg", "exp_avg_sq")
 
 
-def build_optimizer(cfg: OptimConfig, params: Iterator[nn.Parameter], device: torch.device,
+def build_optimizer(cfg: OptimConfig, params: Iterator[nn.Parameter], device: torch.device | str,
                     kernels: str = "auto") -> FusedOptimizer:
     return FusedOptimizer(params, cfg, select(device, kernels))
 
@@ -118,14 +118,15 @@ class DeepSpeedEngine(WholeParams):
 
     def __init__(self, module: nn.Module, optim: OptimConfig, engine: EngineConfig,
                  micro_batch_size: int) -> None:
-        if not torch.cuda.is_available():
+        accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+        if accelerator == "cpu":
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
         import deepspeed
         from deepspeed.utils import logger as ds_logger
 
         ds_logger.setLevel(logging.WARNING)
         _skip_shm_comm_op()
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        deepspeed.init_distributed(dist_backend="nccl" if accelerator == "cuda" else "gloo")
         self.zero_stage = engine.zero_stage
         config = {
             "train_micro_batch_size_per_gpu": micro_batch_size,
@@ -136,8 +137,7 @@ class DeepSpeedEngine(WholeParams):
             "steps_per_print": 2**31 - 1,
             "wall_clock_breakdown": False,
         }
-        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-        self.inner_optimizer = build_optimizer(optim, module.parameters(), device, engine.kernels)
+        self.inner_optimizer = build_optimizer(optim, module.parameters(), accelerator, engine.kernels)
         self.ds, self.optimizer, _, _ = deepspeed.initialize(model=module, optimizer=self.inner_optimizer,
                                                              config=config)
         self.module = self.ds.module

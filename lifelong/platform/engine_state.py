@@ -163,7 +163,7 @@ def _check_fits(engine: Any, state: TrainingState) -> None:
                  f"unknown parameter {', '.join(map(repr, unknown))}" if unknown else ""]
         raise ValueError("training state does not fit this model: " + "; ".join(p for p in parts if p))
     for name, mask in state.get("update_masks", {}).items():
-        engine.rules.checked_mask(name, mask)  # ValueError on a shape or value that cannot be
+        engine.rules.checked_mask(name, mask)  # ValueError for a bad shape or value
     for name, param in engine.named.items():
         shape = tuple(_full_shape(param))
         tensors = [state["params"][name], *state["optimizer"].get(name, {}).values()]
