@@ -8,13 +8,13 @@ and on a sharded cluster.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Iterator, Literal, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Literal, Optional, Sequence
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
-from lifelong.platform.model import mask_logits
+from lifelong.platform.model import mask_logits, model_args
 from lifelong.streams.batches import Batch, Featurizer, Samples, eval_batches, train_batches
 
 if TYPE_CHECKING:
@@ -23,8 +23,9 @@ if TYPE_CHECKING:
 
 class PlatformContext:
     def __init__(self, featurize: Featurizer, masks: Optional[torch.Tensor],
-                 rank: int = 0, world_size: int = 1, seed: int = 0) -> None:
+                 rank: int = 0, world_size: int = 1, seed: int = 0, n_tasks: int = 0) -> None:
         self.featurize = featurize
+        self.n_tasks = n_tasks
         self.masks = masks
         self.rank = rank
         self.world_size = world_size
@@ -38,6 +39,7 @@ class PlatformContext:
         it never meets partitioned (ZeRO-3) parameters and costs no memory."""
         self._engine = engine
         self._skeleton = skeleton
+        self.context_of: Callable[[torch.Tensor], Optional[torch.Tensor]] = lambda task: None
 
     @property
     def engine(self) -> "TorchEngine | DeepSpeedEngine":
@@ -60,6 +62,9 @@ class PlatformContext:
 
     def reset_optimizer_state(self, name: str, mask: Optional[torch.Tensor] = None) -> None:
         self.engine.reset_optimizer_state(name, mask)
+
+    def reset_optimizer(self) -> None:
+        self.engine.reset_optimizer()
 
     def update_mask(self, name: str, mask: Optional[torch.Tensor]) -> None:
         self.engine.update_mask(name, mask)
@@ -104,4 +109,5 @@ class PlatformContext:
     def logits_fn(self, params: dict[str, torch.Tensor], x: torch.Tensor,
                   task: torch.Tensor) -> torch.Tensor:
         assert self._skeleton is not None, "attach() first"
-        return mask_logits(functional_call(self._skeleton, params, (x,)), task, self.masks)
+        args = model_args(self._skeleton, x, self.context_of(task))
+        return mask_logits(functional_call(self._skeleton, params, args), task, self.masks)

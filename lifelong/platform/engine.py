@@ -18,6 +18,7 @@ from torch import nn
 from lifelong.kernels import select
 from lifelong.platform import frozen_rows
 from lifelong.platform.config import EngineConfig, OptimConfig
+from lifelong.platform.model import model_args
 from lifelong.platform.optimizer import FusedOptimizer
 from lifelong.platform.partition_layout import Layout, whole_layout, zero3_layout, zero12_layout
 from lifelong.platform.update_rules import UpdateRules, reset_state
@@ -67,6 +68,14 @@ class MaskedUpdates:
             mask = mask.to("cpu", torch.bool).expand(self.rules.shapes[name])
         reset_state(self.inner_optimizer.state, OPTIMIZER_STATE_KEYS, self.layout[name], mask)
 
+    def reset_optimizer(self) -> None:
+        """A fresh optimizer: every state tensor this rank holds zeroed, step counts included
+        (zero moments at step 0 are exactly torch's first step). Local, no collective."""
+        for state in self.inner_optimizer.state.values():
+            for value in state.values():
+                if torch.is_tensor(value):
+                    value.zero_()
+
 
 class WholeParams(MaskedUpdates):
     """Parameter access for a module whose parameters, grads and optimizer state are whole
@@ -101,8 +110,8 @@ class TorchEngine(WholeParams):
         self.named = dict(module.named_parameters())
         self._init_rules()
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(x)
+    def __call__(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.module(*model_args(self.module, x, context))
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
@@ -151,8 +160,9 @@ class DeepSpeedEngine(WholeParams):
         if self.direct:
             self.ds.enable_backward_allreduce = False
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(x) if self.direct else self.ds(x)
+    def __call__(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
+        args = model_args(self.module, x, context)
+        return self.module(*args) if self.direct else self.ds(*args)
 
     def backward(self, loss: torch.Tensor) -> None:
         if self.direct:

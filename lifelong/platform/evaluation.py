@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 
 from lifelong.streams.batches import Featurizer
 from lifelong.streams.feed import Feed
@@ -28,6 +29,7 @@ CACHE_BYTES = 512 * 2**20  # kept test rows per worker (uint8): 300 x 200 MNIST 
 FETCH_GROUP = 32  # test shards per request to the stream
 
 Logits = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (float rows, task ids) -> logits
+ContextLogits = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]  # ... in context k
 
 
 class EvalSets:
@@ -67,6 +69,32 @@ class EvalSets:
             seen += torch.bincount(task, minlength=upto)
         counts = reduce(torch.stack([correct, seen]).double()).cpu()
         return (counts[0] / counts[1].clamp(min=1)).tolist()
+
+    @torch.no_grad()
+    def inferred_accuracies(self, logits: ContextLogits, contexts: list[int], upto: int,
+                            reduce: Callable[[torch.Tensor], torch.Tensor]) -> tuple[list[float], list[int]]:
+        """Task-free evaluation: each task's test set runs in every one of ``contexts`` and
+        keeps the one with the lowest mean loss over the whole set (all workers' shards). The
+        accuracies of tasks [0, upto) in their chosen contexts, and those contexts."""
+        if not contexts:
+            raise ValueError("inferred_accuracies needs at least one context to try")
+        counts = torch.zeros(len(contexts), 3, upto, dtype=torch.float64, device=self.device)
+        forwards = max(-(-sum(self.longest[:upto]) // self.batch_size), 1)
+        for i, k in enumerate(contexts):
+            batches = self._batches(upto)
+            for _ in range(forwards):
+                x, y, task = next(batches, None) or self._empty()
+                out = logits(self.featurize.normalise(x), task, k)
+                loss = F.cross_entropy(out.float(), y, reduction="none").double()
+                hits = out.argmax(1) == y
+                counts[i, 0] += torch.bincount(task[hits], minlength=upto)
+                counts[i, 1] += torch.bincount(task, minlength=upto)
+                counts[i, 2] += torch.bincount(task, weights=loss, minlength=upto)
+        counts = reduce(counts).cpu()
+        seen = counts[:, 1].clamp(min=1)
+        best = (counts[:, 2] / seen).argmin(0)  # per task: the first of the lowest-loss contexts
+        accuracy = (counts[:, 0] / seen).gather(0, best[None]).squeeze(0)
+        return accuracy.tolist(), [contexts[int(b)] for b in best]
 
     # -- internals -------------------------------------------------------------------------------
     def _batches(self, upto: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:

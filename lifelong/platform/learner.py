@@ -26,7 +26,7 @@ from lifelong.platform.context import PlatformContext
 from lifelong.platform.engine import build_engine, optimizer_state_bytes
 from lifelong.platform.errors import TrainingError
 from lifelong.platform.evaluation import EvalSets
-from lifelong.platform.model import build_model, mask_logits
+from lifelong.platform.model import Contextual, build_model, mask_logits
 from lifelong.platform.probes import PlasticityProbe, probe_rows
 from lifelong.platform.tracking import Tracker
 from lifelong.strategies.base import Strategy
@@ -74,7 +74,8 @@ class Learner:
         self.spec = feed.spec
         self.featurize = Featurizer(self.spec)
         self.masks = self.spec.masks
-        self.ctx = PlatformContext(self.featurize, self.masks, rank, world_size, cfg.seed)
+        self.ctx = PlatformContext(self.featurize, self.masks, rank, world_size, cfg.seed,
+                                   len(self.spec.tasks))
         self.strategy: Strategy = strategy_cls(cfg.strategy, self.ctx)
         model = build_model(cfg.model, self.spec.input_dim, self.spec.n_outputs)
         model = self.strategy.wrap_model(model)
@@ -85,7 +86,10 @@ class Learner:
         if self.masks is not None:
             self.masks = self.ctx.masks = self.masks.to(self.device)
         self.ctx.attach(self.engine, skeleton)
-        self.probe = (PlasticityProbe(skeleton, self.masks, cfg.probes.dormant_tau)
+        self.contextual = isinstance(model, Contextual)
+        if self.contextual:
+            self.ctx.context_of = self.strategy.context
+        self.probe = (PlasticityProbe(skeleton, self.masks, cfg.probes.dormant_tau, self.ctx.context_of)
                       if cfg.probes.enabled else None)
         self.probe_batch: Optional[Batch] = None
         self.probed_at, self.probed = -1, {}  # the last probe's step and (rank 0's) measures
@@ -173,6 +177,7 @@ class Learner:
             at_end = self.probed if self.probed_at == self.result.steps else self.run_probe()
         phases.lap("probe")
         self.strategy.on_task_end(task, self.feed.train_rows(task.index))
+        reported = self.strategy.task_metrics(task)
         phases.lap("strategy")
         n_tasks, every = len(self.spec.tasks), self.cfg.eval.every
         evaluated = due_after(task.index, n_tasks, every)
@@ -183,13 +188,15 @@ class Learner:
         if self.tracker is not None:
             self.tracker.metrics({"acc/online": self.result.online[-1],
                                   **{k.replace("plasticity/", "plasticity_at_task_end/", 1): v
-                                     for k, v in at_end.items()}}, step=task.index)
+                                     for k, v in at_end.items()}, **reported}, step=task.index)
             render = evaluated and plots_due(task.index // every, -(-n_tasks // every))
             figures = render and figures_due(task.index + 1 == n_tasks, self.tracker.render_seconds,
                                              time.perf_counter() - self.started)
             if evaluated:
                 self.tracker.task_end(self.result.R, self.result.init, self.spec.name,
                                       self.result.online, render, figures)
+            if figures:
+                self.tracker.matrices(self.strategy.matrices())
             if self.probe is not None and figures:
                 self.tracker.plasticity(self.result.probes, self.result.task_starts, self.spec.name)
         self._emit(kind="row", task=task.index, row=self.result.R[-1])
@@ -208,7 +215,7 @@ class Learner:
         self.engine.module.train()
         batch = batch.to(self.device)
         seen = self.strategy.augment_batch(batch)
-        logits = mask_logits(self.engine(seen.x), seen.task, self.masks)
+        logits = mask_logits(self.forward(seen.x, seen.task), seen.task, self.masks)
         with torch.no_grad():  # online accuracy: this task's rows, predicted before the update
             self.online_counts[0] += (logits[:len(batch)].argmax(1) == batch.y).sum()  # no sync
             self.online_counts[1] += len(batch)
@@ -223,6 +230,10 @@ class Learner:
                  **{k: v.detach() for k, v in extra.items()}}
         terms.update({k: torch.tensor(v) for k, v in logged.items()})
         return terms
+
+    def forward(self, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        """The engine's forward; a Contextual model also gets each row's context."""
+        return self.engine(x, self.strategy.context(task) if self.contextual else None)
 
     # -- plasticity probes -------------------------------------------------------------------------
     def run_probe(self) -> dict[str, float]:
@@ -257,8 +268,15 @@ class Learner:
         """Accuracy on tasks [0, upto), in batches that mix tasks (``evaluation.py``). Collective:
         every rank runs the same number of forwards (ZeRO-3 gathers parameters inside them)."""
         self.engine.module.eval()
-        return self.tests.accuracies(lambda x, task: mask_logits(self.engine(x), task, self.masks),
-                                     upto, self.ctx.reduce)
+        tries = self.strategy.eval_contexts() if self.contextual else None
+        if tries is None:
+            return self.tests.accuracies(lambda x, task: mask_logits(self.forward(x, task), task, self.masks),
+                                         upto, self.ctx.reduce)
+        accuracies, chosen = self.tests.inferred_accuracies(
+            lambda x, task, k: mask_logits(self.engine(x, torch.full_like(task, k)), task, self.masks),
+            list(tries), upto, self.ctx.reduce)
+        self.strategy.on_eval_contexts(chosen)
+        return accuracies
 
     def _emit(self, **event) -> None:  # type: ignore[no-untyped-def]
         if self.progress is not None:

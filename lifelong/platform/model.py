@@ -39,6 +39,32 @@ def build_model(cfg: ModelConfig, input_dim: int, n_outputs: int) -> nn.Sequenti
     return nn.Sequential(*layers)
 
 
+class Contextual(nn.Module):
+    """A model whose forward also takes each row's *context* id: ``forward(x, context)``.
+
+    ``Strategy.wrap_model`` returns one when the network depends on more than the input
+    (GateON's context gates; a hypernetwork's task embedding). The platform then asks the
+    strategy which context each row runs in (``Strategy.context``) and passes it at every
+    forward: training, evaluation, probes and ``ctx.logits_fn``. ``body`` is the flat
+    ``nn.Sequential`` inside, whose hidden layers the probes and unit strategies find."""
+
+    body_prefix: str = "net."  # where the body's modules and parameters live by name
+
+    @property
+    def body(self) -> nn.Sequential:
+        return getattr(self, self.body_prefix.rstrip("."))
+
+
+def model_args(model: nn.Module, x: torch.Tensor, context: Optional[torch.Tensor]) -> tuple:
+    """The forward arguments of ``model``: ``(x,)``, or ``(x, context)`` for a Contextual
+    model (context 0 for every row where none is given: a dummy forward)."""
+    if not isinstance(model, Contextual):
+        return (x,)
+    if context is None:
+        context = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
+    return (x, context)
+
+
 def mask_logits(logits: torch.Tensor, task: torch.Tensor, masks: Optional[torch.Tensor]) -> torch.Tensor:
     """Task-incremental setting: outputs not owned by a row's task can never win."""
     if masks is None:

@@ -44,6 +44,21 @@ def accuracy_heatmap(R: Sequence[Sequence[float]], title: str = "") -> Figure:
     return fig
 
 
+def matrix_heatmap(values: Sequence[Sequence[float]], row_label: str, column_label: str,
+                   title: str = "") -> Figure:
+    """A strategy's reported matrix (``Strategy.matrices``), e.g. steps per task and context."""
+    M = np.asarray(values, dtype=float).reshape(len(values), -1)
+    rows, cols = M.shape
+    fig, ax = plt.subplots(figsize=(2.0 + 0.35 * min(cols, 60), 1.5 + 0.3 * min(rows, 60)), dpi=110)
+    image = ax.imshow(M, aspect="auto", cmap="viridis", interpolation="nearest")
+    ax.set_xlabel(column_label)
+    ax.set_ylabel(row_label)
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    return fig
+
+
 def new_task_accuracy(R: Sequence[Sequence[float]], online: Sequence[float], title: str = "") -> Figure:
     """The loss-of-plasticity curve: how well each new task is learned, over the task index.
     Test accuracy R[i][i] right after training task i, and (if given) the online accuracy,

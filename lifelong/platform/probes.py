@@ -14,7 +14,7 @@ DeepSpeed hook, gradient buffer or optimizer state sees it, at any ZeRO stage.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,7 @@ from torch.func import functional_call
 
 from lifelong.metrics.plasticity import layer_measures
 from lifelong.platform.errors import ConfigError
-from lifelong.platform.model import mask_logits
+from lifelong.platform.model import Contextual, mask_logits, model_args
 from lifelong.streams.batches import Batch, Rows, Samples
 from lifelong.strategies.units import HiddenLayer, hidden_layers
 
@@ -36,13 +36,16 @@ def probe_rows(rows: Rows, count: int, seed: int, task: int) -> Samples:
 
 
 class PlasticityProbe:
-    def __init__(self, skeleton: nn.Module, masks: Optional[torch.Tensor], tau: float) -> None:
+    def __init__(self, skeleton: nn.Module, masks: Optional[torch.Tensor], tau: float,
+                 context_of: Callable[[torch.Tensor], Optional[torch.Tensor]] = lambda task: None) -> None:
         try:
-            self.layers: list[HiddenLayer] = hidden_layers(skeleton, "the plasticity probes")
+            self.layers: list[HiddenLayer] = (
+                hidden_layers(skeleton.body, "the plasticity probes", skeleton.body_prefix)
+                if isinstance(skeleton, Contextual) else hidden_layers(skeleton, "the plasticity probes"))
         except ConfigError as err:
             raise ConfigError(f"{err}; or turn them off with probes.enabled=false") from None
-        self.skeleton, self.masks, self.tau = skeleton, masks, tau
-        self.modules = dict(skeleton.named_children())
+        self.skeleton, self.masks, self.tau, self.context_of = skeleton, masks, tau, context_of
+        self.modules = dict(skeleton.named_modules())
 
     def measure(self, params: dict[str, torch.Tensor], batch: Batch) -> dict[str, float]:
         """``{"plasticity/<layer>/<measure>": value}`` for the model ``params`` on ``batch``."""
@@ -51,7 +54,8 @@ class PlasticityProbe:
                  for layer in self.layers]
         try:
             live = {n: p.detach().clone().requires_grad_(True) for n, p in params.items()}
-            logits = mask_logits(functional_call(self.skeleton, live, (batch.x,)), batch.task, self.masks)
+            args = model_args(self.skeleton, batch.x, self.context_of(batch.task))
+            logits = mask_logits(functional_call(self.skeleton, live, args), batch.task, self.masks)
             loss = F.cross_entropy(logits, batch.y)
             grads = dict(zip(live, torch.autograd.grad(loss, list(live.values()))))
         finally:

@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
@@ -156,6 +156,22 @@ class Tracker:
         with tempfile.TemporaryDirectory() as tmp:
             self._send_figure(plots.plasticity_curves(history, task_starts, stream), "plasticity.png",
                               Path(tmp))
+
+    def matrices(self, named: dict[str, Any]) -> None:
+        """A strategy's reported matrices (``Strategy.matrices``): ``strategy/<name>.json`` and
+        ``plots/<name>.png``."""
+        if named:
+            self._later(self._render_matrices, dict(named))
+
+    def _render_matrices(self, named: dict[str, Any]) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, m in named.items():
+                table = Path(tmp) / f"{name}.json"
+                table.write_text(json.dumps({"rows": m.row_label, "columns": m.column_label,
+                                             "title": m.title, "values": m.values}))
+                self._send_artifact(table, "strategy")
+                self._send_figure(plots.matrix_heatmap(m.values, m.row_label, m.column_label, m.title),
+                                  f"{name}.png", Path(tmp))
 
     def _send_figure(self, fig: "plots.Figure", name: str, tmp: Path) -> None:
         started = time.perf_counter()

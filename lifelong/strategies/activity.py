@@ -38,7 +38,7 @@ class ActivityMonitor:
         self._sums: dict[str, Optional[torch.Tensor]] = {layer.name: None for layer in layers}
         self._rows = 0
         self.active = True  # a strategy that decides only now and then switches it off between
-        modules = dict(model.named_children())
+        modules = dict(model.named_modules())
         for layer in layers:
             modules[layer.activation].register_forward_hook(self._hook(layer.name, centre))
 

@@ -80,6 +80,7 @@ class StrategyContext(Protocol):
     rank: int
     world_size: int
     seed: int  # the run's seed, the same on every rank: seed strategy-owned generators from it
+    n_tasks: int  # tasks in the stream (task-aware strategies size per-task state by it)
 
     def named_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """Trainable parameters by name (may be partitioned: use the full_* calls for values)."""
@@ -98,6 +99,10 @@ class StrategyContext(Protocol):
 
     def reset_optimizer_state(self, name: str, mask: Optional[torch.Tensor] = None) -> None:
         """Zero optimizer state (momentum, Adam moments) of ``name`` where ``mask`` is True."""
+
+    def reset_optimizer(self) -> None:
+        """A fresh optimizer from the next step: every parameter's state zeroed, step counts
+        included (a local write on each rank)."""
 
     def update_mask(self, name: str, mask: Optional[torch.Tensor]) -> None:
         """How ``name`` may move from now on: 0 frozen, s in (0, 1] scaled (module docstring)."""
@@ -146,6 +151,21 @@ class Strategy:
         """Change the architecture before the engine is built (gates, experts, ...)."""
         return model
 
+    # -- context (models that take one: wrap_model returned a platform.model.Contextual) --
+    def context(self, task: torch.Tensor) -> Optional[torch.Tensor]:
+        """Each row's context id, from its task id (task-aware) or from the strategy's own
+        state (task-free); used at every forward of a Contextual model, evaluation included
+        unless ``eval_contexts`` says otherwise."""
+        return task
+
+    def eval_contexts(self) -> Optional[Sequence[int]]:
+        """Task-free strategies: the contexts evaluation tries on each task's test set, which
+        then takes the one with the lowest loss there (``None``: rows run in ``context``)."""
+        return None
+
+    def on_eval_contexts(self, chosen: list[int]) -> None:
+        """The context each task's test set took, after an evaluation that tried several."""
+
     # -- data ----------------------------------------------------------------------
     @classmethod
     def train_on(cls, task_index: int) -> Sequence[int]:
@@ -181,6 +201,15 @@ class Strategy:
         """After the last step on ``task``; ``data`` is its training rows (indexable; rows
         are fetched from the stream when indexed, so take the subset you need)."""
 
+    # -- reporting -----------------------------------------------------------------------
+    def task_metrics(self, task: TaskInfo) -> dict[str, float]:
+        """Scalars logged after ``on_task_end`` with step = the task index (curves over tasks)."""
+        return {}
+
+    def matrices(self) -> dict[str, "Matrix"]:
+        """Small named matrices logged with the run's figures: as JSON and as a heatmap PNG."""
+        return {}
+
     # -- resume --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume at a task boundary, as tensors, numbers, strings,
@@ -191,6 +220,16 @@ class Strategy:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state:
             raise ValueError(f"strategy {self.name!r} has no state to load")
+
+
+@dataclass
+class Matrix:
+    """A matrix a strategy reports, e.g. steps spent in each context per task."""
+
+    values: list[list[float]]
+    row_label: str
+    column_label: str
+    title: str = ""
 
 
 @dataclass

@@ -26,6 +26,7 @@ RAY_SHIPPED_DIR = "py_modules_files"  # where Ray unpacks runtime_env py_modules
 def builtin_strategies() -> dict[str, type[Strategy]]:
     from lifelong.strategies.cbp import ContinualBackprop
     from lifelong.strategies.ewc import EWC
+    from lifelong.strategies.gateon import GateON
     from lifelong.strategies.joint import Joint
     from lifelong.strategies.l2 import L2
     from lifelong.strategies.naive import Naive
@@ -34,7 +35,7 @@ def builtin_strategies() -> dict[str, type[Strategy]]:
     from lifelong.strategies.shrink_perturb import ShrinkPerturb
 
     return {cls.name: cls for cls in (Naive, Joint, Replay, EWC, ContinualBackprop, ReDo, L2,
-                                      ShrinkPerturb)}
+                                      ShrinkPerturb, GateON)}
 
 
 def plugin_strategies() -> dict[str, type[Strategy]]:

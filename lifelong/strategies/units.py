@@ -53,8 +53,9 @@ class HiddenLayer:
         return f"{self.out_layer}.bias"
 
 
-def hidden_layers(model: nn.Module, who: str = "this strategy") -> list[HiddenLayer]:
-    """The hidden layers of a Linear/Conv2d stack; ConfigError (before compute) otherwise."""
+def hidden_layers(model: nn.Module, who: str = "this strategy", prefix: str = "") -> list[HiddenLayer]:
+    """The hidden layers of a Linear/Conv2d stack; ConfigError (before compute) otherwise.
+    ``prefix`` is the stack's name inside a larger model (module and parameter names)."""
     if not isinstance(model, nn.Sequential):
         raise ConfigError(f"{who} needs the platform's flat nn.Sequential model, got "
                           f"{type(model).__name__} (was it wrapped by another strategy?)")
@@ -74,7 +75,8 @@ def hidden_layers(model: nn.Module, who: str = "this strategy") -> list[HiddenLa
                               if j < len(children) else f"{who}: layer {name!r}'s units feed nothing")
         out = children[j][1]
         units = module.out_features if isinstance(module, nn.Linear) else module.out_channels
-        layers.append(HiddenLayer(f"hidden{len(layers)}", name, children[i + 1][0], children[j][0],
+        layers.append(HiddenLayer(f"hidden{len(layers)}", prefix + name, prefix + children[i + 1][0],
+                                  prefix + children[j][0],
                                   units, _fan_in(module), isinstance(module, nn.Conv2d),
                                   _positions(out, units, name, who)))
         if module.bias is None or out.bias is None:
