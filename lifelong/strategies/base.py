@@ -32,8 +32,10 @@ Where the strategies plug in:
 - Continual backprop, ReDo: ``wrap_model`` adds activity trackers (forward hooks);
   ``after_step`` re-initialises units inside ``ctx.gathered()`` and calls
   ``ctx.reset_optimizer_state(name, mask)`` for their rows (a local write on each rank).
-- GateON: ``wrap_model`` inserts context gates; unit availability A becomes the rows'
-  update scale, ``ctx.update_mask(weight, A)`` (A = 0: frozen), committed at a context switch.
+- GateON (lifelong/strategies/gateon.py): ``wrap_model`` returns a ``Contextual`` model
+  (context gates around the stack) and ``context`` says which context each row runs in;
+  unit availability A becomes the rows' update scale, ``ctx.update_mask(weight, A)``
+  (A = 0: frozen), committed at a context switch with ``ctx.reset_optimizer()``.
 - MoE routing: experts are pre-allocated stacked tensors; ``ctx.update_mask(experts, m)``
   with ``m`` 0 for unused and finished experts, 1 for the ones training now.
 - Hypernetwork CL: ``wrap_model`` returns a module whose target weights come from
