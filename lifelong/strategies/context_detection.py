@@ -8,7 +8,8 @@ is declared when the current context is confident (conf > ``confident``) and the
 loss exceeds ``ratio`` times the mean of its history. The known contexts are then tried
 on that batch in order of creation; the first whose loss does not exceed ``ratio`` times
 its own history's mean is re-used, or else a new context is opened (once ``slots`` are
-all taken, the known context with the lowest loss is re-used instead).
+all taken, the other known context with the lowest loss is re-used instead; with a single
+slot there is no switch at all: the surprising batch is an ordinary step of context 0).
 
 This module is pure bookkeeping on numbers: the strategy measures the losses (all-reduced,
 so every rank holds the same detector and takes the same decisions).
@@ -44,11 +45,14 @@ class ContextDetector:
         """One training batch's loss in the current context; ``try_contexts(ks)`` measures the
         same batch's loss in each of contexts ``ks``. The new context if this is a switch."""
         k = self.current
-        if not (self.confidence[k] > self.confident and self.surprised(k, loss)):
+        others = [j for j in range(self.known) if j != k]
+        # One slot: nowhere to switch to, so a surprising batch is an ordinary step of k
+        # (a "switch" to k itself would restart the optimizer at every step until it fits).
+        stuck = not others and self.known >= self.slots
+        if stuck or not (self.confidence[k] > self.confident and self.surprised(k, loss)):
             self.confidence[k] += self.rate * (1.0 - self.confidence[k])
             self._record(k, loss)
             return None
-        others = [j for j in range(self.known) if j != k]
         losses = dict(zip(others, try_contexts(others))) if others else {}
         fits = [j for j in others if not self.surprised(j, losses[j])]
         if fits:
@@ -57,8 +61,8 @@ class ContextDetector:
             chosen = self.known
             self.history.append([])
             self.confidence.append(0.0)
-        else:  # no free slot: the closest known context
-            chosen = min(losses, key=losses.__getitem__) if losses else k
+        else:  # no free slot: the closest other known context
+            chosen = min(losses, key=losses.__getitem__)
         if chosen in losses:
             self._record(chosen, losses[chosen])
         self.current = chosen
