@@ -19,9 +19,16 @@ from lifelong.platform.model import Contextual
 from lifelong.strategies.units import HiddenLayer
 
 
+CLOSED_BELOW = 1e-6  # gate inputs under this give gate 0 (a gate < 1e-12: closed anyway)
+
+
 def retanh(x: torch.Tensor) -> torch.Tensor:
-    """ReTanh(x) = tanh(max(x, 0))^2: 0 for x <= 0, saturating at 1."""
-    return torch.tanh(x.clamp(min=0)).square()
+    """ReTanh(x) = tanh(max(x, 0))^2: 0 for x <= 0, saturating at 1.
+
+    Inputs under ``CLOSED_BELOW`` give exactly 0: gates of ~x^2 for tiny x would otherwise
+    turn the products after them into subnormal floats, which CPUs compute ~100x slower
+    (training steps took 5x longer on 100 permuted-MNIST tasks)."""
+    return torch.tanh(torch.where(x > CLOSED_BELOW, x, torch.zeros_like(x))).square()
 
 
 class ContextGate(nn.Module):
