@@ -25,6 +25,18 @@ def make_config(**groups: Any) -> RunConfig:
     return build_config(OmegaConf.create(groups))
 
 
+def same(a: Any, b: Any) -> bool:
+    """Bitwise equality of nested tensors (dtype included), numbers, strings, lists and dicts:
+    strategy states, before and after a checkpoint or on two ranks."""
+    if torch.is_tensor(a):
+        return torch.is_tensor(b) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return bool(a == b)
+
+
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[None]:
     """Embedded Ray for one test module; shut down after it, so modules that start a Ray

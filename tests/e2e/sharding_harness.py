@@ -1,5 +1,10 @@
 """Runs the same seeded stream on 1 plain worker (in-process) and on N DeepSpeed workers
-(a real Ray Train worker group) for several strategies, returning what each produced."""
+(a real Ray Train worker group) for several strategies, returning what each produced.
+
+GateON rows also return the strategy's state (availability, committed masks, context
+detector, switches) from *every* rank, and ``RESUMED`` is checkpointed after task
+``RESUME_AFTER`` on the workers, resumed from that file into a fresh learner group, and
+run to the end again; the file stays in the work directory for a resume elsewhere."""
 
 from __future__ import annotations
 
@@ -9,7 +14,9 @@ from typing import Any
 
 import torch
 
+from lifelong.platform import checkpoint
 from lifelong.platform.learner import Learner
+from lifelong.strategies.gateon import GateON
 from tests.conftest import make_config
 
 STREAM = {"dataset": "digits", "scenario": "permuted", "n_tasks": 3, "setting": "domain"}
@@ -24,15 +31,36 @@ STRATEGIES = {
     "redo": {"name": "redo", "every": 25, "tau": 0.1},
     "l2": {"name": "l2", "lam": 0.01},
     "shrink_perturb": {"name": "shrink_perturb", "shrink": 1e-3, "noise_std": 1e-3},
+    # GateON at the paper's rates (eta = 0.01): 10-20% of the units go unavailable here.
+    "gateon_n": {"name": "gateon", "mode": "n"},
+    "gateon_p": {"name": "gateon", "mode": "p"},
+    # Detection tuned to 42-step tasks: confident after ~10 steps, window 5, and a switch only
+    # on a loss 1.3x the recent mean, which on this stream is a new permutation (~2.3 against
+    # ~1.6): each new task is tried in the known contexts, refused, and opens its own.
+    "gateon_detect": {"name": "gateon", "mode": "n", "context": "detect", "contexts": 4,
+                      "window": 5, "confidence_rate": 0.2, "ratio": 1.3},
 }
 MODELS = {"cbp_conv": {"hidden": [32], "conv": [8, 8]}}  # default: an MLP
+# GateON's gated, unit-norm hidden layers are chaotic under SGD with momentum at lr 0.05 on
+# this stream: 1-ulp differences (1 vs 2 BLAS threads, on the plain worker alone) grow about
+# 10% a step, to R differences of 0.05-0.35 by the end, so no sharding could match it. Adam
+# steps stay bounded; its eps is raised from 1e-8 so that, after each optimizer restart at a
+# context switch, a unit whose gate just opened does not take an lr-sized step from a
+# rounding-sized gradient (with 1e-8 one such unit put plain and sharded 0.06 apart in A).
+# Measured here: parameters within 1e-6 of the plain run's, R equal. One epoch (42 steps a
+# task) is enough for GateON to act, and keeps the suite short.
+ADAM = {"name": "adam", "lr": 0.01, "eps": 1e-3}
+OPTIMS = {"gateon_n": ADAM, "gateon_p": ADAM, "gateon_detect": ADAM}  # default: SGD, momentum
+EPOCHS = {"gateon_n": 1, "gateon_p": 1, "gateon_detect": 1}  # default: 2
+RESUMED, RESUME_AFTER = "gateon_detect", 1  # checkpointed after task 1: two contexts, one switch
+CHECKPOINT_DIR = "checkpoint-{stage}"  # under the work directory: RESUMED's, from the workers
 
 
 def config(name: str, engine: dict) -> Any:
     return make_config(stream=STREAM, model=MODELS.get(name, {"hidden": [64, 64]}),
                        strategy=STRATEGIES[name],
-                       optim={"name": "sgd", "lr": 0.05, "momentum": 0.9},
-                       train={"epochs": 2, "batch_size": 32, "eval_batch_size": 128},
+                       optim=OPTIMS.get(name, {"name": "sgd", "lr": 0.05, "momentum": 0.9}),
+                       train={"epochs": EPOCHS.get(name, 2), "batch_size": 32, "eval_batch_size": 128},
                        engine=engine, seed=0)
 
 
@@ -45,33 +73,87 @@ def outcome(learner: Learner) -> dict:
     for counter in ("replaced", "recycled"):  # unit-level strategies: how often they acted
         if hasattr(learner.strategy, counter):
             out[counter] = dict(getattr(learner.strategy, counter))
+    if isinstance(learner.strategy, GateON):
+        out["gateon"] = gateon_state(learner)
     return out
+
+
+def gateon_state(learner: Learner) -> dict:
+    """What GateON decided: availability (running and committed), the detector, switches and
+    eval-chosen contexts (all in its checkpoint state), and the update masks in force."""
+    strategy = learner.strategy
+    assert isinstance(strategy, GateON)
+    return {"available_fraction": strategy.available_fraction(),
+            "state": checkpoint.detached(strategy.state_dict()),
+            "masks": {k: v.clone() for k, v in learner.ctx.update_masks().items()}}
 
 
 def plain(name: str) -> dict:
     return outcome(Learner(config(name, {"backend": "torch"})))
 
 
-def sharded_loop(rank: int, world: int, payload: dict) -> None:
-    """Learner-process body: every strategy in turn on this worker group."""
+def checkpointed_and_resumed(cfg: Any, rank: int, world: int, directory: Path) -> dict:
+    """An uninterrupted run that checkpoints after task RESUME_AFTER (rank 0 writes, as
+    lifelong/platform/worker.py does), then a fresh learner restored from that file on every
+    rank and run to the end: the uninterrupted outcome, with the resumed one under "resumed"."""
+    learner = Learner(cfg, rank, world)
+
+    def at_boundary(current: Learner) -> None:
+        if len(current.result.R) == RESUME_AFTER + 1:
+            state = checkpoint.capture(current)  # collective
+            if rank == 0:
+                checkpoint.write(state, directory)
+
+    learner.at_boundary = at_boundary
+    out = outcome(learner)
+    torch.distributed.barrier()  # the file is complete before any rank reads it
+    resumed = Learner(cfg, rank, world)
+    checkpoint.restore(resumed, checkpoint.read(directory / checkpoint.FILE, cfg))
+    out["resumed"] = outcome(resumed)
+    return out
+
+
+def sharded_loop(rank: int, world: int, payload: dict) -> dict:
+    """Learner-process body: every strategy in turn on this worker group; returns this
+    rank's outcomes (rank 0's in full, the others' GateON states only)."""
     torch.set_num_threads(1)
     results = {}
     for name in payload["strategies"]:
         engine = {"backend": "deepspeed", "workers": world, "zero_stage": payload["stage"]}
-        results[name] = outcome(Learner(config(name, engine), rank, world))
-    if rank == 0:
-        torch.save(results, payload["out"])
+        cfg = config(name, engine)
+        if name == RESUMED:
+            results[name] = checkpointed_and_resumed(cfg, rank, world, Path(payload["checkpoint"]))
+        else:
+            results[name] = outcome(Learner(cfg, rank, world))
+    return results if rank == 0 else {name: _gateon_only(out) for name, out in results.items()}
 
 
-def sharded(stage: int, names: list[str], out: Path, workers: int = 2) -> dict:
+def _gateon_only(out: dict) -> dict:
+    """A non-zero rank's share of an outcome: its GateON states, resumed run included."""
+    kept = {k: v for k, v in out.items() if k == "gateon"}
+    if "resumed" in out:
+        kept["resumed"] = _gateon_only(out["resumed"])
+    return kept
+
+
+def sharded(stage: int, names: list[str], workdir: Path, workers: int = 2) -> dict:
+    """Rank 0's outcome per strategy; GateON's also hold every rank's state under "ranks"
+    (RESUMED's resumed run too)."""
     from lifelong.platform.worker_group import Placement, fit
 
-    fit(sharded_loop, {"stage": stage, "strategies": names, "out": str(out)},
-        Placement(workers, cpus_per_worker=1), max_failures=0)
-    return torch.load(out, weights_only=True)
+    payload = {"stage": stage, "strategies": names,
+               "checkpoint": str((workdir / CHECKPOINT_DIR.format(stage=stage)).resolve())}
+    ranks = fit(sharded_loop, payload, Placement(workers, cpus_per_worker=1), max_failures=0)
+    got = ranks[0]
+    for name, out in got.items():
+        if "gateon" in out:
+            out["ranks"] = [r[name]["gateon"] for r in ranks]
+        if "resumed" in out:
+            out["resumed"]["ranks"] = [r[name]["resumed"]["gateon"] for r in ranks]
+    return got
 
 
-if __name__ == "__main__":  # quick look: python -m tests.e2e.sharding_harness STAGE
+if __name__ == "__main__":  # quick look: python -m tests.e2e.sharding_harness STAGE [NAME ...]
     import sys
 
     import ray
@@ -79,8 +161,9 @@ if __name__ == "__main__":  # quick look: python -m tests.e2e.sharding_harness S
     ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=True,
              dashboard_host="127.0.0.1", num_cpus=2, configure_logging=False)
     stage = int(sys.argv[1])
-    got = sharded(stage, list(STRATEGIES), Path(f"/tmp/sharded{stage}.pt").resolve())
-    for name in STRATEGIES:
+    names = sys.argv[2:] or list(STRATEGIES)
+    got = sharded(stage, names, Path(f"/tmp/sharded{stage}").resolve())
+    for name in names:
         ref = plain(name)
         diff = max(abs(a - b) for ra, rb in zip(ref["R"], got[name]["R"]) for a, b in zip(ra, rb))
         line = f"stage {stage} {name:7s} max|dR|={diff:.4f} final={[round(a, 3) for a in got[name]['R'][-1]]}"
@@ -91,5 +174,10 @@ if __name__ == "__main__":  # quick look: python -m tests.e2e.sharding_harness S
             rel = max(float((ref["fisher"][k] - got[name]["fisher"][k]).norm() / ref["fisher"][k].norm())
                       for k in ref["fisher"])
             line += f" fisher rel err={rel:.2e}"
+        if "gateon" in ref:
+            a, b = ref["gateon"]["state"], got[name]["gateon"]["state"]
+            line += (f" available {ref['gateon']['available_fraction']} vs {got[name]['gateon']['available_fraction']}"
+                     f" max|dA|={max(float((a['available'][k] - b['available'][k]).abs().max()) for k in a['available']):.2e}"
+                     f" switches {a['switches']} vs {b['switches']} chosen {a['eval_chosen']} vs {b['eval_chosen']}")
         print(line, flush=True)
     print(json.dumps({"ok": True}))

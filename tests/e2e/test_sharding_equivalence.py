@@ -12,16 +12,36 @@ relative. Continual backprop and ReDo replace units from all-reduced activity st
 they must replace as many units on the sharded run as on the plain one (and some at all),
 on an MLP and, for continual backprop, on a conv stack. And ZeRO must really shard: from stage 1 on, each worker holds half the
 optimizer state of stage 0.
+
+GateON (n and p availability with task contexts; n with detected contexts) decides from
+all-reduced relevance and losses, so its state must be *bitwise* the same on both ranks
+(availability, committed masks, detector, switches, eval-chosen contexts, usage). Against
+the plain worker: the same switch steps, contexts and eval-chosen contexts; availability
+within 1e-3 (1e-5 measured, the largest from p-GateON's per-weight relevance (dL/dw * w)^2)
+and the fraction of available units per layer within one unit of 64; and availability must
+have fallen somewhere, into the update masks. Its detect run is checkpointed after task 1
+on the workers and resumed there from the file: bitwise the uninterrupted run; and resumed
+on one plain worker: the plain reference within the tolerances above. (GateON runs on Adam
+for one epoch: tests/e2e/sharding_harness.py says why.)
 """
 
 from __future__ import annotations
 
-import pytest
+from typing import Any
 
-from tests.e2e.sharding_harness import STRATEGIES, plain, sharded
+import pytest
+import torch
+
+from lifelong.platform import checkpoint
+from lifelong.platform.learner import Learner
+from tests.conftest import same
+from tests.e2e.sharding_harness import (CHECKPOINT_DIR, RESUME_AFTER, RESUMED, STRATEGIES, config,
+                                        gateon_state, outcome, plain, sharded)
 
 pytestmark = pytest.mark.slow
 TOLERANCE = 0.012
+AVAILABLE_TOLERANCE = 1e-3  # |A_plain - A_sharded|, A in [0, 1]: 1e-5 measured
+FRACTION_TOLERANCE = 0.02  # available fraction per layer: one unit of 64
 
 
 @pytest.fixture(scope="module")
@@ -31,13 +51,15 @@ def references() -> dict:
 
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
 def test_two_sharded_workers_match_one_plain_worker(stage, references, ray_cluster, tmp_path):
-    got = sharded(stage, list(STRATEGIES), tmp_path / "out.pt")
+    got = sharded(stage, list(STRATEGIES), tmp_path)
     for name, ref in references.items():
         diff = max(abs(a - b) for ra, rb in zip(ref["R"], got[name]["R"]) for a, b in zip(ra, rb))
         assert diff <= TOLERANCE, (name, stage, ref["R"], got[name]["R"])
         for counter in ("replaced", "recycled"):  # unit strategies acted, on the same units
             if counter in ref:
                 assert got[name][counter] == ref[counter] and sum(ref[counter].values()) > 0, name
+        if "gateon" in ref:
+            check_gateon(name, ref["gateon"], got[name])
     for key, value in references["ewc"]["fisher"].items():
         rel = float((value - got["ewc"]["fisher"][key]).norm() / value.norm())
         assert rel < 1e-4, (key, rel)
@@ -46,3 +68,46 @@ def test_two_sharded_workers_match_one_plain_worker(stage, references, ray_clust
     # The plain worker holds the whole (unsharded) state: SGD momentum for every parameter.
     ratio = got["naive"]["optimizer_state_bytes"] / references["naive"]["optimizer_state_bytes"]
     assert ratio == pytest.approx(1.0 if stage == 0 else 0.5, abs=0.05), ratio
+    check_resume(references[RESUMED], got[RESUMED], tmp_path / CHECKPOINT_DIR.format(stage=stage))
+
+
+def check_gateon(name: str, ref: dict, got: dict) -> None:
+    """Every rank decided alike, and as the plain worker did."""
+    for rank, theirs in enumerate(got["ranks"][1:], start=1):
+        assert same(theirs, got["ranks"][0]), (name, rank)
+    mine, theirs = ref["state"], got["gateon"]["state"]
+    for key in ("switches", "eval_chosen", "usage", "boundaries", "steps"):
+        assert theirs[key] == mine[key], (name, key, mine[key], theirs[key])
+    assert theirs["detector"]["current"] == mine["detector"]["current"], name
+    assert len(theirs["detector"]["history"]) == len(mine["detector"]["history"]), name
+    for which in ("available", "committed"):
+        for key, value in mine[which].items():
+            assert float((value - theirs[which][key]).abs().max()) <= AVAILABLE_TOLERANCE, (name, which, key)
+    assert got["gateon"]["masks"].keys() == ref["masks"].keys(), name
+    for layer, fraction in ref["available_fraction"].items():
+        assert abs(got["gateon"]["available_fraction"][layer] - fraction) <= FRACTION_TOLERANCE, (name, layer)
+    # ... and there was something to agree on: units went unavailable, and were frozen by it.
+    assert min(ref["available_fraction"].values()) < 0.95, (name, ref["available_fraction"])
+    assert ref["masks"] and min(float(m.min()) for m in ref["masks"].values()) < 0.05, name
+    if STRATEGIES[name].get("context") == "detect":
+        assert mine["switches"] and len(set(mine["eval_chosen"])) > 1, (name, mine)
+
+
+def check_resume(ref: dict, got: dict, directory: Any) -> None:
+    """RESUMED's checkpoint carried all of its state: resumed on the workers it ends bitwise
+    as the uninterrupted run did; resumed on one plain worker, as the plain reference did."""
+    state = torch.load(directory / checkpoint.FILE, weights_only=True)
+    saved = state["strategy"]
+    assert state["next_task"] == RESUME_AFTER + 1 and len(saved["switches"]) == RESUME_AFTER, saved
+    assert len(saved["detector"]["history"]) == RESUME_AFTER + 1 and saved["detector"]["current"] == RESUME_AFTER
+    assert min(float(a.min()) for a in saved["committed"].values()) < 0.05  # masks in force ...
+    assert state["engine"]["update_masks"] and any(n.startswith("gates.") for n in state["engine"]["params"])
+    resumed = got["resumed"]
+    assert resumed["R"] == got["R"], (resumed["R"], got["R"])
+    assert same(resumed["gateon"], got["gateon"]) and same(resumed["ranks"], got["ranks"])
+    learner = Learner(config(RESUMED, {"backend": "torch"}))  # 2 ZeRO workers -> 1 plain worker
+    checkpoint.restore(learner, checkpoint.read(directory / checkpoint.FILE, learner.cfg))
+    on_plain = outcome(learner)
+    diff = max(abs(a - b) for ra, rb in zip(ref["R"], on_plain["R"]) for a, b in zip(ra, rb))
+    assert diff <= TOLERANCE, (ref["R"], on_plain["R"])
+    check_gateon(RESUMED, ref["gateon"], {**on_plain, "ranks": [gateon_state(learner)]})

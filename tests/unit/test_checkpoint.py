@@ -20,7 +20,12 @@ STRATEGIES = {"naive": {"name": "naive"}, "joint": {"name": "joint"},
               "ewc": {"name": "ewc", "lam": 50.0, "fisher_samples": 64},
               "cbp": {"name": "cbp", "replacement_rate": 0.02, "maturity_threshold": 4},
               "redo": {"name": "redo", "every": 5, "tau": 0.5},
-              "shrink_perturb": {"name": "shrink_perturb", "shrink": 1e-3, "noise_std": 1e-3}}
+              "shrink_perturb": {"name": "shrink_perturb", "shrink": 1e-3, "noise_std": 1e-3},
+              "gateon": {"name": "gateon"}, "gateon_p": {"name": "gateon", "mode": "p"},
+              # switches at steps 12 and 24 (after the checkpoint): only a restored detector,
+              # confident and with its loss history, finds them again
+              "gateon_detect": {"name": "gateon", "context": "detect", "contexts": 4, "window": 3,
+                                "confidence_rate": 0.3, "ratio": 1.3, "eta": 0.05}}
 
 
 def config(strategy: dict, optim: str = "sgd") -> Any:
