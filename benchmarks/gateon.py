@@ -43,11 +43,11 @@ BASELINE_OPTIM = ["optim.lr=0.001"]  # what EWC and fine-tuning train best with 
 RUNS = {
     "gateon": [],
     "gateon, no re-activation": ["strategy.eps=0"],
-    "ewc": ["strategy.name=ewc", "strategy.lam=500", *BASELINE_OPTIM],
+    "ewc": ["strategy.name=ewc", "strategy.lam=50", *BASELINE_OPTIM],
     "naive": ["strategy.name=naive", *BASELINE_OPTIM],
 }
 # Detection needs tasks longer than the confidence ramp (~460 steps at the code's rate 0.005).
-DETECT = ["strategy.context=detect", "stream.n_tasks=10", "stream.train_samples_per_task=48000",
+DETECT = ["strategy.context=detect", "strategy.ratio=3", "stream.n_tasks=10", "stream.train_samples_per_task=48000",
           "eval.tasks=all"]
 EDGE = 10  # tasks averaged at each end of the stream
 
@@ -88,37 +88,29 @@ def summary(name: str, c: dict) -> str:
     return line
 
 
-def plot(results: dict, detect: dict) -> None:
-    IMAGES.mkdir(parents=True, exist_ok=True)
+def line_figure(name: str, xlabel: str, ylabel: str, title: str, lines: list[tuple[str, list[float], str]],
+                first: int = 1, ylim: tuple[float, float] = (0, 1)) -> None:
+    """One picture of curves over the task index: (label, values, line style) each."""
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    for name, c in results.items():
-        ax.plot(range(1, len(c["mean_seen"]) + 1), c["mean_seen"], label=name)
-    ax.set(xlabel="tasks trained", ylabel="mean accuracy over the tasks seen so far", ylim=(0, 1),
-           title="Permuted MNIST, 100 tasks")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(IMAGES / "gateon_mean_accuracy.png")
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    for name, c in results.items():
-        for layer, values in sorted(c.get("available", {}).items()):
-            if layer != "mean":
-                ax.plot(range(1, len(values) + 1), values, label=f"{name}: {layer}",
-                        linestyle="-" if "no re-activation" not in name else "--")
-    ax.set(xlabel="tasks trained", ylabel="fraction of units available (A >= 0.05)", ylim=(0, 1.02),
-           title="Available units, with and without re-activation")
+    for label, values, style in lines:
+        ax.plot(range(first, len(values) + first), values, style, label=label, linewidth=1.2)
+    ax.set(xlabel=xlabel, ylabel=ylabel, ylim=ylim, title=title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(IMAGES / "gateon_available_units.png")
+    fig.savefig(IMAGES / name)
 
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    for name, c in results.items():
-        ax.plot(range(len(c["new_task"])), c["new_task"], label=name, linewidth=1)
-    ax.set(xlabel="task index i", ylabel="accuracy on task i just after training it", ylim=(0, 1),
-           title="New-task accuracy R[i][i]")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(IMAGES / "gateon_new_task_accuracy.png")
+
+def plot(results: dict, detect: dict) -> None:
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    line_figure("gateon_mean_accuracy.png", "tasks trained", "mean accuracy over the tasks seen so far",
+                "Permuted MNIST, 100 tasks", [(n, c["mean_seen"], "-") for n, c in results.items()])
+    available = [(f"{n}: {layer}", values, "--" if "no re-activation" in n else "-")
+                 for n, c in results.items() for layer, values in sorted(c.get("available", {}).items())
+                 if layer != "mean"]
+    line_figure("gateon_available_units.png", "tasks trained", "fraction of units available (A >= 0.05)",
+                "Available units, with and without re-activation", available, ylim=(0, 1.02))
+    line_figure("gateon_new_task_accuracy.png", "task index i", "accuracy on task i just after training it",
+                "New-task accuracy R[i][i]", [(n, c["new_task"], "-") for n, c in results.items()], first=0)
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     steps = detect.get("context_per_task", [[0.0]])
