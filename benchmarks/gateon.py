@@ -142,7 +142,7 @@ def main(overrides: list[str]) -> None:
           f"{m.get('gateon/contexts', math.nan):.0f}")
     plot(results, detect)
     (IMAGES / "gateon_results.json").write_text(json.dumps({"runs": results, "detect": detect,
-                                                            "overrides": overrides}, indent=1))
+                                                            "overrides": overrides}, separators=(",", ":")) + "\n")
     print(f"pictures: {IMAGES}/gateon_*.png")
 
 
