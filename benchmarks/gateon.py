@@ -141,8 +141,8 @@ def main(overrides: list[str]) -> None:
           f"delay {m.get('gateon/detect/delay_steps', math.nan):.1f} steps; contexts opened "
           f"{m.get('gateon/contexts', math.nan):.0f}")
     plot(results, detect)
-    (IMAGES / "gateon_results.json").write_text(json.dumps({"runs": results, "detect": detect,
-                                                            "overrides": overrides}, separators=(",", ":")) + "\n")
+    raw = {"runs": results, "detect": detect, "overrides": overrides}
+    (IMAGES / "gateon_results.json").write_text(json.dumps(raw, separators=(",", ":")) + "\n")
     print(f"pictures: {IMAGES}/gateon_*.png")
 
 
