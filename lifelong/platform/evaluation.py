@@ -58,16 +58,7 @@ class EvalSets:
     def accuracies(self, logits: Logits, upto: int,
                    reduce: Callable[[torch.Tensor], torch.Tensor]) -> list[float]:
         """Accuracy on tasks [0, upto), after ``reduce`` (the all-reduce) of the counts."""
-        correct = torch.zeros(upto, dtype=torch.int64, device=self.device)
-        seen = torch.zeros(upto, dtype=torch.int64, device=self.device)
-        forwards = max(-(-sum(self.longest[:upto]) // self.batch_size), 1)  # equal on every rank
-        batches = self._batches(upto)
-        for _ in range(forwards):
-            x, y, task = next(batches, None) or self._empty()
-            hits = logits(self.featurize.normalise(x), task).argmax(1) == y
-            correct += torch.bincount(task[hits], minlength=upto)
-            seen += torch.bincount(task, minlength=upto)
-        counts = reduce(torch.stack([correct, seen]).double()).cpu()
+        counts = reduce(self._tally(logits, upto)).cpu()
         return (counts[0] / counts[1].clamp(min=1)).tolist()
 
     @torch.no_grad()
@@ -78,18 +69,8 @@ class EvalSets:
         accuracies of tasks [0, upto) in their chosen contexts, and those contexts."""
         if not contexts:
             raise ValueError("inferred_accuracies needs at least one context to try")
-        counts = torch.zeros(len(contexts), 3, upto, dtype=torch.float64, device=self.device)
-        forwards = max(-(-sum(self.longest[:upto]) // self.batch_size), 1)
-        for i, k in enumerate(contexts):
-            batches = self._batches(upto)
-            for _ in range(forwards):
-                x, y, task = next(batches, None) or self._empty()
-                out = logits(self.featurize.normalise(x), task, k)
-                loss = F.cross_entropy(out.float(), y, reduction="none").double()
-                hits = out.argmax(1) == y
-                counts[i, 0] += torch.bincount(task[hits], minlength=upto)
-                counts[i, 1] += torch.bincount(task, minlength=upto)
-                counts[i, 2] += torch.bincount(task, weights=loss, minlength=upto)
+        counts = torch.stack([self._tally(lambda x, task, k=k: logits(x, task, k), upto, with_loss=True)
+                              for k in contexts])
         counts = reduce(counts).cpu()
         seen = counts[:, 1].clamp(min=1)
         best = (counts[:, 2] / seen).argmin(0)  # per task: the first of the lowest-loss contexts
@@ -97,6 +78,22 @@ class EvalSets:
         return accuracy.tolist(), [contexts[int(b)] for b in best]
 
     # -- internals -------------------------------------------------------------------------------
+    def _tally(self, logits: Logits, upto: int, with_loss: bool = False) -> torch.Tensor:
+        """This worker's per-task counts over tasks [0, upto), float64: correct, seen and (if
+        ``with_loss``) summed cross-entropy. Every rank runs the same number of forwards."""
+        counts = torch.zeros(3 if with_loss else 2, upto, dtype=torch.float64, device=self.device)
+        forwards = max(-(-sum(self.longest[:upto]) // self.batch_size), 1)  # equal on every rank
+        batches = self._batches(upto)
+        for _ in range(forwards):
+            x, y, task = next(batches, None) or self._empty()
+            out = logits(self.featurize.normalise(x), task)
+            counts[0] += torch.bincount(task[out.argmax(1) == y], minlength=upto)
+            counts[1] += torch.bincount(task, minlength=upto)
+            if with_loss:
+                loss = F.cross_entropy(out.float(), y, reduction="none").double()
+                counts[2] += torch.bincount(task, weights=loss, minlength=upto)
+        return counts
+
     def _batches(self, upto: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Batches of ``batch_size`` rows (the last one shorter) over tasks [0, upto)."""
         carry: list[tuple[torch.Tensor, ...]] = []

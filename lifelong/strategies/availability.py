@@ -53,13 +53,12 @@ class UnitRelevance:
         self.units = units
         self._sums: list[Optional[torch.Tensor]] = [None] * len(units)
         self._rows = 0
-        self.active = True
         for i, tap in enumerate(taps):
             tap.register_forward_hook(self._hook(i))
 
     def _hook(self, layer: int) -> Callable[..., None]:
         def watch(module: nn.Module, inputs: tuple, h: torch.Tensor) -> None:
-            if not (module.training and self.active and h.requires_grad):
+            if not (module.training and h.requires_grad):
                 return
             if layer == 0:
                 self._rows += h.shape[0]
@@ -90,9 +89,6 @@ class UnitRelevance:
             out.append(flat[at:at + n] / rows)
             at += n
         return out, (flat[rows_at + 1:] if extra is not None else None)
-
-    def clear(self) -> None:
-        self._sums, self._rows = [None] * len(self.units), 0
 
 
 def parameter_relevance(grads: dict[str, torch.Tensor], params: dict[str, torch.Tensor],

@@ -62,6 +62,13 @@ class GateONConfig(StrategyConfig):
     confidence_rate: float = 0.005  # detect: conf += rate * (1 - conf) per stable step
 
 
+def loss_and_rows(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """[summed cross-entropy, rows] in float64: one worker's share of a batch's mean loss,
+    ready to be all-reduced."""
+    loss = F.cross_entropy(logits.float(), y, reduction="sum").double()
+    return torch.stack([loss, torch.tensor(float(len(y)), dtype=torch.float64, device=loss.device)])
+
+
 class GateON(Strategy):
     name = "gateon"
     description = "GateON: context gates, relevance-driven unit availability, context detection"
@@ -136,10 +143,7 @@ class GateON(Strategy):
     # -- per step ----------------------------------------------------------------------------
     def loss_terms(self, batch: Batch, logits: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.detect:
-            rows = len(batch)
-            loss = F.cross_entropy(logits[:rows].detach().float(), batch.y, reduction="sum")
-            self._loss = torch.stack([loss.double(), torch.tensor(float(rows), dtype=torch.float64,
-                                                                   device=loss.device)])
+            self._loss = loss_and_rows(logits[:len(batch)].detach(), batch.y)
         return {}
 
     def transform_grads(self) -> dict[str, float]:
@@ -182,8 +186,7 @@ class GateON(Strategy):
             for k in contexts:
                 self._forced = k
                 logits = self.ctx.logits_fn(params, batch.x, batch.task)
-                sums.append(torch.stack([F.cross_entropy(logits.float(), batch.y, reduction="sum").double(),
-                                         torch.tensor(float(len(batch)), dtype=torch.float64)]))
+                sums.append(loss_and_rows(logits, batch.y))
         finally:
             self._forced = None
         totals = self.ctx.reduce(torch.stack(sums).cpu())
