@@ -76,6 +76,7 @@ class EngineConfig:
     checkpoint_every: int = 1  # tasks between checkpoints (always after the last); resume goes back to the latest
     storage_path: Optional[str] = None  # checkpoints; None = ./.lifelong/ray; a filesystem every node mounts on clusters
     kernels: str = "auto"  # the fused update: auto (C/OpenMP on CPU, Triton on CUDA) | reference (plain torch)
+    expert_parallel: int = 1  # MoE experts split across this many workers (1: every worker holds all)
 
 
 @dataclass
@@ -158,6 +159,7 @@ def build_config(raw: DictConfig | dict[str, Any]) -> RunConfig:
     cfg: RunConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
     _check_values(cfg)
     strategy_cls.check_config(cfg.strategy)
+    strategy_cls.check_run(cfg.strategy, cfg)
     return cfg
 
 

@@ -23,9 +23,11 @@ if TYPE_CHECKING:
 
 class PlatformContext:
     def __init__(self, featurize: Featurizer, masks: Optional[torch.Tensor],
-                 rank: int = 0, world_size: int = 1, seed: int = 0, n_tasks: int = 0) -> None:
+                 rank: int = 0, world_size: int = 1, seed: int = 0, n_tasks: int = 0,
+                 batch_size: int = 0) -> None:
         self.featurize = featurize
         self.n_tasks = n_tasks
+        self.batch_size = batch_size
         self.masks = masks
         self.rank = rank
         self.world_size = world_size

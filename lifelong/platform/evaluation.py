@@ -17,7 +17,7 @@ fetched and permuted again at each evaluation, still in combined batches.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -77,11 +77,24 @@ class EvalSets:
         accuracy = (counts[:, 0] / seen).gather(0, best[None]).squeeze(0)
         return accuracy.tolist(), [contexts[int(b)] for b in best]
 
+    @torch.no_grad()
+    def accuracies_inferring(self, logits: Logits, inferred: Callable[[], torch.Tensor], expected: list[int],
+                             upto: int, reduce: Callable[[torch.Tensor], torch.Tensor]) -> tuple[list[float], list[float]]:
+        """Task-free evaluation where the model infers each row's context: accuracy on tasks
+        [0, upto), and the share of each task's rows whose inferred context (``inferred()``,
+        read after each forward) is ``expected[task]``."""
+        wanted = torch.tensor(expected[:upto], dtype=torch.int64, device=self.device)
+        counts = reduce(self._tally(logits, upto, inferred=(inferred, wanted))).cpu()
+        seen = counts[1].clamp(min=1)
+        return (counts[0] / seen).tolist(), (counts[2] / seen).tolist()
+
     # -- internals -------------------------------------------------------------------------------
-    def _tally(self, logits: Logits, upto: int, with_loss: bool = False) -> torch.Tensor:
+    def _tally(self, logits: Logits, upto: int, with_loss: bool = False,
+               inferred: Optional[tuple[Callable[[], torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
         """This worker's per-task counts over tasks [0, upto), float64: correct, seen and (if
-        ``with_loss``) summed cross-entropy. Every rank runs the same number of forwards."""
-        counts = torch.zeros(3 if with_loss else 2, upto, dtype=torch.float64, device=self.device)
+        ``with_loss``) summed cross-entropy or (if ``inferred``) rows whose inferred context is
+        the expected one. Every rank runs the same number of forwards."""
+        counts = torch.zeros(3 if with_loss or inferred else 2, upto, dtype=torch.float64, device=self.device)
         forwards = max(-(-sum(self.longest[:upto]) // self.batch_size), 1)  # equal on every rank
         batches = self._batches(upto)
         for _ in range(forwards):
@@ -92,6 +105,9 @@ class EvalSets:
             if with_loss:
                 loss = F.cross_entropy(out.float(), y, reduction="none").double()
                 counts[2] += torch.bincount(task, weights=loss, minlength=upto)
+            if inferred is not None and len(task):
+                read, wanted = inferred
+                counts[2] += torch.bincount(task[read().to(task.device) == wanted[task]], minlength=upto)
         return counts
 
     def _batches(self, upto: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:

@@ -75,7 +75,7 @@ class Learner:
         self.featurize = Featurizer(self.spec)
         self.masks = self.spec.masks
         self.ctx = PlatformContext(self.featurize, self.masks, rank, world_size, cfg.seed,
-                                   len(self.spec.tasks))
+                                   len(self.spec.tasks), cfg.train.batch_size)
         self.strategy: Strategy = strategy_cls(cfg.strategy, self.ctx)
         model = build_model(cfg.model, self.spec.input_dim, self.spec.n_outputs)
         model = self.strategy.wrap_model(model)
@@ -269,6 +269,14 @@ class Learner:
         every rank runs the same number of forwards (ZeRO-3 gathers parameters inside them)."""
         self.engine.module.eval()
         tries = self.strategy.eval_contexts() if self.contextual else None
+        expected = self.strategy.inferred_contexts() if self.contextual else None
+        if expected is not None:
+            model = self.engine.module
+            accuracies, inferred = self.tests.accuracies_inferring(
+                lambda x, task: mask_logits(self.engine(x, torch.full_like(task, Contextual.INFER)), task, self.masks),
+                lambda: model.inferred, list(expected), upto, self.ctx.reduce)
+            self.strategy.on_task_inference(inferred)
+            return accuracies
         if tries is None:
             return self.tests.accuracies(lambda x, task: mask_logits(self.forward(x, task), task, self.masks),
                                          upto, self.ctx.reduce)

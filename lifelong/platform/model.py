@@ -49,6 +49,9 @@ class Contextual(nn.Module):
     ``nn.Sequential`` inside, whose hidden layers the probes and unit strategies find."""
 
     body_prefix: str = "net."  # where the body's modules and parameters live by name
+    INFER: int = -1  # a row's context to be inferred by the model from the row itself, which
+    # then keeps its choices of the last forward in ``inferred`` (task-free strategies)
+    inferred: Optional[torch.Tensor] = None
 
     @property
     def body(self) -> nn.Sequential:

@@ -39,8 +39,10 @@ class PlasticityProbe:
     def __init__(self, skeleton: nn.Module, masks: Optional[torch.Tensor], tau: float,
                  context_of: Callable[[torch.Tensor], Optional[torch.Tensor]] = lambda task: None) -> None:
         try:
+            probe_layers = getattr(skeleton, "probe_layers", None)  # a model that says where its units are
             self.layers: list[HiddenLayer] = (
-                hidden_layers(skeleton.body, "the plasticity probes", skeleton.body_prefix)
+                probe_layers() if probe_layers is not None
+                else hidden_layers(skeleton.body, "the plasticity probes", skeleton.body_prefix)
                 if isinstance(skeleton, Contextual) else hidden_layers(skeleton, "the plasticity probes"))
         except ConfigError as err:
             raise ConfigError(f"{err}; or turn them off with probes.enabled=false") from None

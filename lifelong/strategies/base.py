@@ -57,7 +57,7 @@ from typing import Any, ClassVar, Iterator, Literal, Optional, Protocol, Sequenc
 import torch
 from torch import nn
 
-from lifelong.platform.config import StrategyConfig
+from lifelong.platform.config import RunConfig, StrategyConfig
 from lifelong.streams.batches import Batch, Rows, Samples
 from lifelong.streams.scenarios import TaskInfo
 
@@ -83,6 +83,9 @@ class StrategyContext(Protocol):
     world_size: int
     seed: int  # the run's seed, the same on every rank: seed strategy-owned generators from it
     n_tasks: int  # tasks in the stream (task-aware strategies size per-task state by it)
+    batch_size: int  # the global training batch: rows per step on all workers together;
+    # rank r holds rows [offset, offset + len) of it, offset = sum of the earlier ranks'
+    # parts of torch.arange(batch_size).tensor_split(world_size)
 
     def named_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """Trainable parameters by name (may be partitioned: use the full_* calls for values)."""
@@ -148,6 +151,11 @@ class Strategy:
     def check_config(cls, config: StrategyConfig) -> None:
         """Refuse bad option values at config time, before any compute (raise ConfigError)."""
 
+    @classmethod
+    def check_run(cls, config: StrategyConfig, run: "RunConfig") -> None:
+        """Refuse options that cannot work with the rest of the run (its stream, its model),
+        at config time (raise ConfigError)."""
+
     # -- architecture ------------------------------------------------------------
     def wrap_model(self, model: nn.Module) -> nn.Module:
         """Change the architecture before the engine is built (gates, experts, ...)."""
@@ -167,6 +175,17 @@ class Strategy:
 
     def on_eval_contexts(self, chosen: list[int]) -> None:
         """The context each task's test set took, after an evaluation that tried several."""
+
+    def inferred_contexts(self) -> Optional[Sequence[int]]:
+        """Task-free strategies whose model infers each row's context from the row itself
+        (given ``Contextual.INFER``): the context each task trained in, by task (-1: not yet
+        trained). Evaluation then runs every test row with INFER and passes, per task, the
+        share of rows inferred right to ``on_task_inference``. None: rows run in ``context``
+        (or ``eval_contexts``)."""
+        return None
+
+    def on_task_inference(self, accuracy: list[float]) -> None:
+        """Per task evaluated: the share of its test rows whose context was inferred right."""
 
     # -- data ----------------------------------------------------------------------
     @classmethod

@@ -29,13 +29,14 @@ def builtin_strategies() -> dict[str, type[Strategy]]:
     from lifelong.strategies.gateon import GateON
     from lifelong.strategies.joint import Joint
     from lifelong.strategies.l2 import L2
+    from lifelong.strategies.moe import MoE
     from lifelong.strategies.naive import Naive
     from lifelong.strategies.redo import ReDo
     from lifelong.strategies.replay import Replay
     from lifelong.strategies.shrink_perturb import ShrinkPerturb
 
     return {cls.name: cls for cls in (Naive, Joint, Replay, EWC, ContinualBackprop, ReDo, L2,
-                                      ShrinkPerturb, GateON)}
+                                      ShrinkPerturb, GateON, MoE)}
 
 
 def plugin_strategies() -> dict[str, type[Strategy]]:
