@@ -177,7 +177,6 @@ class Learner:
             at_end = self.probed if self.probed_at == self.result.steps else self.run_probe()
         phases.lap("probe")
         self.strategy.on_task_end(task, self.feed.train_rows(task.index))
-        reported = self.strategy.task_metrics(task)
         phases.lap("strategy")
         n_tasks, every = len(self.spec.tasks), self.cfg.eval.every
         evaluated = due_after(task.index, n_tasks, every)
@@ -185,6 +184,7 @@ class Learner:
         correct, seen = self.ctx.reduce(self.online_counts).cpu().tolist()
         self.result.online.append(correct / max(seen, 1.0))
         phases.lap("eval")
+        reported = self.strategy.task_metrics(task)  # after the evaluation, which may inform it
         if self.tracker is not None:
             self.tracker.metrics({"acc/online": self.result.online[-1],
                                   **{k.replace("plasticity/", "plasticity_at_task_end/", 1): v

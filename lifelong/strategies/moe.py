@@ -129,7 +129,8 @@ class MoE(Strategy):
         return self.trained + [-1] * (self.ctx.n_tasks - len(self.trained))
 
     def on_task_inference(self, accuracy: list[float]) -> None:
-        self.inference.append(list(accuracy))
+        if self.trained:  # not the evaluation before the first task: no context is trained yet
+            self.inference.append(list(accuracy))
 
     # -- per step --------------------------------------------------------------------------------
     def loss_terms(self, batch: Batch, logits: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -245,8 +246,9 @@ class MoE(Strategy):
                 rows, "task", "expert", f"share of each task's routing slots per expert ({prefix})")
         if self.inference:
             n = len(self.trained)
-            out["moe_task_inference"] = Matrix([row[:n] for row in self.inference[-n:]], "evaluation after task",
-                                               "task", "share of test rows whose task was inferred right")
+            out["moe_task_inference"] = Matrix([row[:n] + [0.0] * (n - len(row[:n])) for row in self.inference],
+                                               "evaluation (after task)", "task",
+                                               "share of test rows whose task was inferred right")
         return out
 
     # -- resume --------------------------------------------------------------------------------------
