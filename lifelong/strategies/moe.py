@@ -230,8 +230,12 @@ class MoE(Strategy):
     def task_metrics(self, task: TaskInfo) -> dict[str, float]:
         out = {"moe/experts_active": float(self.active),
                "moe/experts_frozen": float(self.frozen.sum(1).double().mean())}
+        usage = self.usage[task.index] if task.index < len(self.usage) else None
         for i, (prefix, _) in enumerate(self.layers):
             out[f"moe/experts_frozen/{prefix}"] = float(self.frozen[i].sum())
+            if usage is not None:  # experts that took at least 1% of this task's routing slots
+                share = usage[i] / usage[i].sum().clamp(min=1.0)
+                out[f"moe/experts_used/{prefix}"] = float((share >= 0.01).sum())
         if self.inference:
             trained = [a for a, c in zip(self.inference[-1], self.trained) if c >= 0]
             if trained:
