@@ -107,6 +107,9 @@ class MoE(Strategy):
                 f"strategy 'moe' needs the platform's flat nn.Sequential model, got {type(model).__name__}")
         linears = [m for m in model if isinstance(m, nn.Linear)]
         outputs, dim = linears[-1].out_features, _input_dim(model)
+        require(not self.free or self.config.gate_rank < dim, "strategy.gate_rank",
+                f"must be smaller than the {dim} values of a row (a class autoencoder of that rank "
+                f"reconstructs every row), got {self.config.gate_rank}")
         gates = SubspaceGates(dim, self.config.gate_rank) if self.free else None
         self.tables = RoutingTables(self.ctx.n_tasks, self.config.experts, outputs, gates)
         self.tables.noise_std, self.tables.noise_seed = self.config.noise, self.ctx.seed
