@@ -150,7 +150,7 @@ def test_task_free_routing_infers_each_test_rows_context():
     strategy: MoE = learner.strategy  # type: ignore[assignment]
     result = learner.run()
     assert strategy.inferred_contexts() == [0, 1, 2]
-    assert len(strategy.inference) == 4  # before training, then after each task
+    assert len(strategy.inference) == 3  # after each task (not the evaluation before the first)
     last = strategy.inference[-1]
     assert len(last) == 3 and all(0.0 <= a <= 1.0 for a in last)
     assert min(last) > 0.8, last
