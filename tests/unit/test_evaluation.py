@@ -87,6 +87,43 @@ def test_combined_batches_count_what_one_forward_per_task_counts(trained, world,
         assert trained.evaluate_all() == (reference[:, 0] / reference[:, 1]).tolist()
 
 
+@pytest.mark.parametrize("world", [1, 2])
+def test_per_row_inference_counts_rows_whose_inferred_context_is_their_tasks(trained, world):
+    """``accuracies_inferring``: a stand-in model "infers" a context from each row alone
+    (its first pixel's sign and the row's argmax parity); the shares of rows inferred as
+    their task's expected context, summed over ranks, are what one pass over each test set
+    counts, and the accuracies are the plain ones."""
+    model = trained.engine.module.eval()
+    seen: dict = {}
+
+    def guess(x: torch.Tensor) -> torch.Tensor:
+        return (x[:, 0] > 0).long() + 2 * (x.argmax(1) % 2)
+
+    def logits(x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        seen["inferred"] = guess(x)
+        return mask_logits(model(x), task, trained.masks)
+
+    n = len(trained.spec.tasks)
+    expected = [t % 4 for t in range(n)]
+    totals = torch.zeros(3, n, dtype=torch.float64)
+    for rank in range(world):
+        tests = EvalSets(LocalFeed(trained.feed.server, rank, world), trained.featurize, 64, rank, world,
+                         trained.device)
+
+        def keep(counts: torch.Tensor) -> torch.Tensor:
+            totals.add_(counts)
+            return counts
+
+        tests.accuracies_inferring(logits, lambda: seen["inferred"], expected, n, keep)
+    right = []
+    for t, task in enumerate(trained.feed.server.stream.tasks):
+        batch = trained.featurize(Samples.of(task, "test"))
+        right.append(float((guess(batch.x) == expected[t]).sum()))
+    assert totals[2].tolist() == right
+    assert 0 < sum(right) < totals[1].sum()  # neither trivial nor perfect
+    assert torch.equal(totals[:2].T, per_task_counts(trained))
+
+
 def test_test_sets_are_fetched_once_and_kept_within_the_budget(trained):
     class Counting(LocalFeed):
         fetched: list = []
