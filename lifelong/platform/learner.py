@@ -177,11 +177,11 @@ class Learner:
             at_end = self.probed if self.probed_at == self.result.steps else self.run_probe()
         phases.lap("probe")
         self.strategy.on_task_end(task, self.feed.train_rows(task.index))
-        reported = self.strategy.task_metrics(task)
         phases.lap("strategy")
         n_tasks, every = len(self.spec.tasks), self.cfg.eval.every
         evaluated = due_after(task.index, n_tasks, every)
         self.result.R.append(self.evaluate_row(task.index) if evaluated else [math.nan] * n_tasks)
+        reported = self.strategy.task_metrics(task)  # after the evaluation: it may report on it
         correct, seen = self.ctx.reduce(self.online_counts).cpu().tolist()
         self.result.online.append(correct / max(seen, 1.0))
         phases.lap("eval")
