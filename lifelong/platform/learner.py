@@ -181,10 +181,10 @@ class Learner:
         n_tasks, every = len(self.spec.tasks), self.cfg.eval.every
         evaluated = due_after(task.index, n_tasks, every)
         self.result.R.append(self.evaluate_row(task.index) if evaluated else [math.nan] * n_tasks)
+        reported = self.strategy.task_metrics(task)  # after the evaluation: it may report on it
         correct, seen = self.ctx.reduce(self.online_counts).cpu().tolist()
         self.result.online.append(correct / max(seen, 1.0))
         phases.lap("eval")
-        reported = self.strategy.task_metrics(task)  # after the evaluation, which may inform it
         if self.tracker is not None:
             self.tracker.metrics({"acc/online": self.result.online[-1],
                                   **{k.replace("plasticity/", "plasticity_at_task_end/", 1): v

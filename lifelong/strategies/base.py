@@ -224,8 +224,8 @@ class Strategy:
 
     # -- reporting -----------------------------------------------------------------------
     def task_metrics(self, task: TaskInfo) -> dict[str, float]:
-        """Scalars logged after ``on_task_end`` and the evaluation that follows it, with step =
-        the task index (curves over tasks)."""
+        """Scalars logged after ``on_task_end`` and the evaluation that follows it (so they
+        may report on it, e.g. ``on_task_inference``), with step = the task index."""
         return {}
 
     def matrices(self) -> dict[str, "Matrix"]:

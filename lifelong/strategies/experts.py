@@ -87,13 +87,19 @@ class ExpertLayer(nn.Module):
             noise = self.tables.noise(self.index, x.shape[0], self.n_experts, x.device)
         routing = route(logits, self.k, allowed, noise)
         self.last = routing
-        out = x.new_zeros(x.shape[0], self.weight.shape[1])
+        pre, picked = [], []
         for e in routing.experts.unique().tolist():
             chosen = routing.experts == e  # [rows, k]
             rows = chosen.any(1).nonzero().squeeze(1)
-            gate = (routing.gates * chosen).sum(1)[rows]
-            y = self.activation(x[rows] @ self.weight[e].T + self.bias[e])
-            out = out.index_add(0, rows, gate[:, None] * y)
+            picked.append((rows, (routing.gates * chosen).sum(1)[rows]))
+            pre.append(x[rows] @ self.weight[e].T + self.bias[e])
+        # The activation (a submodule) runs once per forward, however many experts were
+        # chosen: ZeRO-3 traces submodule calls and expects the same ones on every rank at
+        # every step (one call per chosen expert hung a 2-worker stage-3 run).
+        y = self.activation(torch.cat(pre) if pre else x.new_zeros(0, self.weight.shape[1]))
+        out = x.new_zeros(x.shape[0], self.weight.shape[1])
+        for (rows, gate), part in zip(picked, y.split([len(rows) for rows, _ in picked])):
+            out = out.index_add(0, rows, gate[:, None] * part)
         return out
 
 

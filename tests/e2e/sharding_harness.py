@@ -1,10 +1,11 @@
 """Runs the same seeded stream on 1 plain worker (in-process) and on N DeepSpeed workers
 (a real Ray Train worker group) for several strategies, returning what each produced.
 
-GateON rows also return the strategy's state (availability, committed masks, context
-detector, switches) from *every* rank, and ``RESUMED`` is checkpointed after task
-``RESUME_AFTER`` on the workers, resumed from that file into a fresh learner group, and
-run to the end again; the file stays in the work directory for a resume elsewhere."""
+GateON and MoE rows also return the strategy's state (GateON: availability, committed
+masks, context detector, switches; MoE: frozen experts, routing tables, usage, task-free
+gates, task inference) from *every* rank, and each of ``RESUMED`` is checkpointed after
+task ``RESUME_AFTER`` on the workers, resumed from that file into a fresh learner group,
+and run to the end again; the files stay in the work directory for a resume elsewhere."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch
 from lifelong.platform import checkpoint
 from lifelong.platform.learner import Learner
 from lifelong.strategies.gateon import GateON
+from lifelong.strategies.moe import MoE
 from tests.conftest import make_config
 
 STREAM = {"dataset": "digits", "scenario": "permuted", "n_tasks": 3, "setting": "domain"}
@@ -39,8 +41,17 @@ STRATEGIES = {
     # ~1.6): each new task is tried in the known contexts, refused, and opens its own.
     "gateon_detect": {"name": "gateon", "mode": "n", "context": "detect", "contexts": 4,
                       "window": 5, "confidence_rate": 0.2, "ratio": 1.3},
+    # MoE with small pools (6 experts, 2 fresh a task, all 6 in use by task 2), noisy top-2,
+    # one balance loss each; task-routed on Split digits with task ids, and task-free on the
+    # class-incremental split, where the autoencoder gates must infer each test row's task.
+    "moe_task": {"name": "moe", "routing": "task", "experts": 6, "per_task": 2, "k": 2, "freeze": 1,
+                 "noise": 1.0, "balance": 0.01, "balance_kind": "switch", "z_loss": 0.001},
+    "moe_free": {"name": "moe", "routing": "free", "experts": 6, "per_task": 2, "k": 2, "freeze": 2,
+                 "noise": 1.0, "balance": 0.01, "balance_kind": "cv2", "z_loss": 0.001, "gate_rank": 10},
 }
 MODELS = {"cbp_conv": {"hidden": [32], "conv": [8, 8]}}  # default: an MLP
+SPLIT = {"dataset": "digits", "scenario": "split", "n_tasks": 3, "classes_per_task": 3}  # ~400 rows a task
+STREAMS = {"moe_task": {**SPLIT, "setting": "task"}, "moe_free": {**SPLIT, "setting": "class"}}  # default: STREAM
 # GateON's gated, unit-norm hidden layers are chaotic under SGD with momentum at lr 0.05 on
 # this stream: 1-ulp differences (1 vs 2 BLAS threads, on the plain worker alone) grow about
 # 10% a step, to R differences of 0.05-0.35 by the end, so no sharding could match it. Adam
@@ -50,14 +61,18 @@ MODELS = {"cbp_conv": {"hidden": [32], "conv": [8, 8]}}  # default: an MLP
 # Measured here: parameters within 1e-6 of the plain run's, R equal. One epoch (42 steps a
 # task) is enough for GateON to act, and keeps the suite short.
 ADAM = {"name": "adam", "lr": 0.01, "eps": 1e-3}
-OPTIMS = {"gateon_n": ADAM, "gateon_p": ADAM, "gateon_detect": ADAM}  # default: SGD, momentum
-EPOCHS = {"gateon_n": 1, "gateon_p": 1, "gateon_detect": 1}  # default: 2
-RESUMED, RESUME_AFTER = "gateon_detect", 1  # checkpointed after task 1: two contexts, one switch
-CHECKPOINT_DIR = "checkpoint-{stage}"  # under the work directory: RESUMED's, from the workers
+OPTIMS = {"gateon_n": ADAM, "gateon_p": ADAM, "gateon_detect": ADAM,
+          "moe_task": ADAM, "moe_free": ADAM}  # default: SGD, momentum
+EPOCHS = {"gateon_n": 1, "gateon_p": 1, "gateon_detect": 1, "moe_task": 1, "moe_free": 1}  # default: 2
+# Checkpointed after task 1: GateON with two contexts and one switch; MoE with experts frozen
+# and (free) two contexts' gates fitted.
+RESUMED, RESUME_AFTER = ("gateon_detect", "moe_free"), 1
+CHECKPOINT_DIR = "checkpoint-{name}-{stage}"  # under the work directory: RESUMED's, from the workers
+STATES = ("gateon", "moe")  # outcome keys that every rank returns
 
 
 def config(name: str, engine: dict) -> Any:
-    return make_config(stream=STREAM, model=MODELS.get(name, {"hidden": [64, 64]}),
+    return make_config(stream=STREAMS.get(name, STREAM), model=MODELS.get(name, {"hidden": [64, 64]}),
                        strategy=STRATEGIES[name],
                        optim=OPTIMS.get(name, {"name": "sgd", "lr": 0.05, "momentum": 0.9}),
                        train={"epochs": EPOCHS.get(name, 2), "batch_size": 32, "eval_batch_size": 128},
@@ -75,6 +90,8 @@ def outcome(learner: Learner) -> dict:
             out[counter] = dict(getattr(learner.strategy, counter))
     if isinstance(learner.strategy, GateON):
         out["gateon"] = gateon_state(learner)
+    if isinstance(learner.strategy, MoE):
+        out["moe"] = moe_state(learner)
     return out
 
 
@@ -85,6 +102,15 @@ def gateon_state(learner: Learner) -> dict:
     assert isinstance(strategy, GateON)
     return {"available_fraction": strategy.available_fraction(),
             "state": checkpoint.detached(strategy.state_dict()),
+            "masks": {k: v.clone() for k, v in learner.ctx.update_masks().items()}}
+
+
+def moe_state(learner: Learner) -> dict:
+    """What MoE decided: its checkpoint state (frozen experts, routable and owned tables,
+    usage counts, trained contexts, task inference, gates) and the update masks in force."""
+    strategy = learner.strategy
+    assert isinstance(strategy, MoE)
+    return {"state": checkpoint.detached(strategy.state_dict()),
             "masks": {k: v.clone() for k, v in learner.ctx.update_masks().items()}}
 
 
@@ -115,41 +141,42 @@ def checkpointed_and_resumed(cfg: Any, rank: int, world: int, directory: Path) -
 
 def sharded_loop(rank: int, world: int, payload: dict) -> dict:
     """Learner-process body: every strategy in turn on this worker group; returns this
-    rank's outcomes (rank 0's in full, the others' GateON states only)."""
+    rank's outcomes (rank 0's in full, the others' GateON and MoE states only)."""
     torch.set_num_threads(1)
     results = {}
     for name in payload["strategies"]:
         engine = {"backend": "deepspeed", "workers": world, "zero_stage": payload["stage"]}
         cfg = config(name, engine)
-        if name == RESUMED:
-            results[name] = checkpointed_and_resumed(cfg, rank, world, Path(payload["checkpoint"]))
+        if name in RESUMED:
+            directory = Path(payload["checkpoint"]) / CHECKPOINT_DIR.format(name=name, stage=payload["stage"])
+            results[name] = checkpointed_and_resumed(cfg, rank, world, directory)
         else:
             results[name] = outcome(Learner(cfg, rank, world))
-    return results if rank == 0 else {name: _gateon_only(out) for name, out in results.items()}
+    return results if rank == 0 else {name: _states_only(out) for name, out in results.items()}
 
 
-def _gateon_only(out: dict) -> dict:
-    """A non-zero rank's share of an outcome: its GateON states, resumed run included."""
-    kept = {k: v for k, v in out.items() if k == "gateon"}
+def _states_only(out: dict) -> dict:
+    """A non-zero rank's share of an outcome: its strategy states, resumed run included."""
+    kept = {k: v for k, v in out.items() if k in STATES}
     if "resumed" in out:
-        kept["resumed"] = _gateon_only(out["resumed"])
+        kept["resumed"] = _states_only(out["resumed"])
     return kept
 
 
 def sharded(stage: int, names: list[str], workdir: Path, workers: int = 2) -> dict:
-    """Rank 0's outcome per strategy; GateON's also hold every rank's state under "ranks"
-    (RESUMED's resumed run too)."""
+    """Rank 0's outcome per strategy; GateON's and MoE's also hold every rank's state under
+    "ranks" (RESUMED's resumed runs too)."""
     from lifelong.platform.worker_group import Placement, fit
 
-    payload = {"stage": stage, "strategies": names,
-               "checkpoint": str((workdir / CHECKPOINT_DIR.format(stage=stage)).resolve())}
+    payload = {"stage": stage, "strategies": names, "checkpoint": str(workdir.resolve())}
     ranks = fit(sharded_loop, payload, Placement(workers, cpus_per_worker=1), max_failures=0)
     got = ranks[0]
     for name, out in got.items():
-        if "gateon" in out:
-            out["ranks"] = [r[name]["gateon"] for r in ranks]
-        if "resumed" in out:
-            out["resumed"]["ranks"] = [r[name]["resumed"]["gateon"] for r in ranks]
+        for key in STATES:
+            if key in out:
+                out["ranks"] = [r[name][key] for r in ranks]
+            if key in out.get("resumed", {}):
+                out["resumed"]["ranks"] = [r[name]["resumed"][key] for r in ranks]
     return got
 
 
@@ -179,5 +206,10 @@ if __name__ == "__main__":  # quick look: python -m tests.e2e.sharding_harness S
             line += (f" available {ref['gateon']['available_fraction']} vs {got[name]['gateon']['available_fraction']}"
                      f" max|dA|={max(float((a['available'][k] - b['available'][k]).abs().max()) for k in a['available']):.2e}"
                      f" switches {a['switches']} vs {b['switches']} chosen {a['eval_chosen']} vs {b['eval_chosen']}")
+        if "moe" in ref:
+            a, b = ref["moe"]["state"], got[name]["moe"]["state"]
+            line += (f" frozen {a['frozen'].sum(1).tolist()} vs {b['frozen'].sum(1).tolist()}"
+                     f" same frozen/usage {torch.equal(a['frozen'], b['frozen'])}/"
+                     f"{all(torch.equal(u, v) for u, v in zip(a['usage'], b['usage']))}")
         print(line, flush=True)
     print(json.dumps({"ok": True}))
