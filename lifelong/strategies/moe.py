@@ -254,7 +254,7 @@ class MoE(Strategy):
         if self.inference:
             n = len(self.trained)
             out["moe_task_inference"] = Matrix([row[:n] + [0.0] * (n - len(row[:n])) for row in self.inference],
-                                               "evaluation (after task)", "task",
+                                               "evaluation after task", "task",
                                                "share of test rows whose task was inferred right")
         return out
 
