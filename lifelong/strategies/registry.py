@@ -28,6 +28,7 @@ def builtin_strategies() -> dict[str, type[Strategy]]:
     from lifelong.strategies.ewc import EWC
     from lifelong.strategies.gateon import GateON
     from lifelong.strategies.joint import Joint
+    from lifelong.strategies.hnet import Hnet
     from lifelong.strategies.l2 import L2
     from lifelong.strategies.moe import MoE
     from lifelong.strategies.naive import Naive
@@ -36,7 +37,7 @@ def builtin_strategies() -> dict[str, type[Strategy]]:
     from lifelong.strategies.shrink_perturb import ShrinkPerturb
 
     return {cls.name: cls for cls in (Naive, Joint, Replay, EWC, ContinualBackprop, ReDo, L2,
-                                      ShrinkPerturb, GateON, MoE)}
+                                      ShrinkPerturb, GateON, MoE, Hnet)}
 
 
 def plugin_strategies() -> dict[str, type[Strategy]]:

@@ -1,0 +1,147 @@
+"""A task-conditioned, chunked hypernetwork that generates every weight of the target
+network (von Oswald et al., "Continual learning with hypernetworks", ICLR 2020).
+
+The target (the platform's MLP or conv stack) keeps its architecture but loses its
+parameters: they become activations, ``generate(e_t)``. Its flattened weights are cut into
+chunks of ``chunk_size``; chunk j is ``g([e_t, c_j])``, one small MLP ``g`` shared by every
+chunk, with a learned chunk embedding c_j. So the hypernetwork can have fewer parameters
+than the target (``compression``).
+
+Every parameter (task embeddings, chunk embeddings, the generator's layers) belongs to
+``HyperNet`` itself, and its forward calls no submodule: ZeRO-3 gathers all of them once,
+when ``HyperNet`` is called, and the number of contexts in a batch (data-dependent) never
+changes which modules run. A row whose context is ``INFER`` runs in every trained context
+and keeps the prediction with the lowest entropy (HNET+ENT).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lifelong.platform.errors import ConfigError
+from lifelong.platform.model import Contextual
+
+
+class HyperNet(Contextual):
+    """Generates the target's weights for each context and runs the target with them."""
+
+    def __init__(self, target: nn.Sequential, contexts: int, embedding_dim: int, chunk_dim: int,
+                 hidden: list[int], chunk_size: int, seed: int) -> None:
+        super().__init__()
+        for module in target:
+            if any(True for _ in module.parameters(recurse=False)) and not isinstance(module, (nn.Linear, nn.Conv2d)):
+                raise ConfigError(f"strategy 'hnet': cannot generate the weights of {type(module).__name__}")
+        self._target = (target,)  # a tuple: not a submodule, so ZeRO-3 never hooks it
+        self.shapes = {name: p.shape for name, p in target.named_parameters()}
+        self.n_target = sum(math.prod(s) for s in self.shapes.values())
+        self.chunk_size = chunk_size
+        n_chunks = -(-self.n_target // chunk_size)
+        g = torch.Generator().manual_seed(seed * 1_000_033 + 41)
+        self.task_embeddings = nn.Parameter(torch.randn(contexts, embedding_dim, generator=g))
+        self.chunk_embeddings = nn.Parameter(torch.randn(n_chunks, chunk_dim, generator=g))
+        widths = [embedding_dim + chunk_dim, *hidden, chunk_size]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
+            last = i == len(widths) - 2
+            # Last layer: scaled so that generated weights start near the target's own init
+            # (std ~ 1/sqrt(fan_in) of a typical layer), as hypercl's init does in spirit.
+            bound = 1.0 / math.sqrt(fan_in) if not last else 1.0 / math.sqrt(fan_in * self._fan_in_scale(target))
+            self.weights.append(nn.Parameter(torch.empty(fan_out, fan_in).uniform_(-bound, bound, generator=g)))
+            self.biases.append(nn.Parameter(torch.zeros(fan_out)))
+        self.inferred: Optional[torch.Tensor] = None
+        self.trained: list[int] = []  # contexts INFER may pick (set by the strategy)
+        self.reg: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # (past contexts, their targets) this step
+        self.reg_loss: Optional[torch.Tensor] = None
+
+    @staticmethod
+    def _fan_in_scale(target: nn.Sequential) -> float:
+        fans = [m.in_features if isinstance(m, nn.Linear) else m.in_channels * math.prod(m.kernel_size)
+                for m in target if isinstance(m, (nn.Linear, nn.Conv2d))]
+        return float(sum(fans) / len(fans))
+
+    @property
+    def target(self) -> nn.Sequential:
+        return self._target[0]
+
+    def hypernet_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters()) - self.task_embeddings.shape[0] * self.task_embeddings.shape[1]
+
+    # -- generation -------------------------------------------------------------------------------
+    def generate_flat(self, contexts: torch.Tensor, params: Optional[dict[str, torch.Tensor]] = None) -> torch.Tensor:
+        """The target's flattened weights for each of ``contexts``: [len(contexts), n_target];
+        from this module's parameters, or from ``params`` by name (e.g. ``ctx.full_params()``)."""
+        p = params if params is not None else dict(self.named_parameters())
+        e = p["task_embeddings"][contexts.to(p["task_embeddings"].device)]  # [n, te]
+        chunk = p["chunk_embeddings"]
+        n, chunks = e.shape[0], chunk.shape[0]
+        h = torch.cat([e[:, None, :].expand(n, chunks, e.shape[1]), chunk[None].expand(n, chunks, -1)], dim=2)
+        layers = len(self.weights)
+        for i in range(layers):
+            h = F.linear(h, p[f"weights.{i}"], p[f"biases.{i}"])
+            if i < layers - 1:
+                h = torch.relu(h)
+        return h.reshape(n, -1)[:, :self.n_target]
+
+    def probe_layers(self) -> list:
+        raise ConfigError("the plasticity probes cannot see a hypernetwork's generated weights "
+                          "(strategy 'hnet')")
+
+    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        out, start = {}, 0
+        for name, shape in self.shapes.items():
+            size = math.prod(shape)
+            out[name] = flat[start:start + size].view(shape)
+            start += size
+        return out
+
+    def run_target(self, weights: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        h = x
+        for name, module in self.target.named_children():
+            if isinstance(module, nn.Linear):
+                h = F.linear(h, weights[f"{name}.weight"], weights.get(f"{name}.bias"))
+            elif isinstance(module, nn.Conv2d):
+                h = F.conv2d(h, weights[f"{name}.weight"], weights.get(f"{name}.bias"), module.stride,
+                             module.padding, module.dilation, module.groups)
+            else:
+                h = module(h)
+        return h
+
+    # -- forward ----------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        if self.training and self.reg is not None:  # inside forward: ZeRO-3 has gathered Theta here
+            past, targets = self.reg
+            self.reg_loss = self.regulariser(past.to(x.device), targets.to(x.device))
+        if bool((context < 0).any()):
+            return self._infer(x, context)
+        present = context.unique()
+        flat = self.generate_flat(present)
+        out = None
+        for i, c in enumerate(present.tolist()):
+            rows = (context == c).nonzero().squeeze(1)
+            logits = self.run_target(self.unflatten(flat[i]), x[rows])
+            out = logits.new_zeros(x.shape[0], logits.shape[1]) if out is None else out
+            out = out.index_put((rows,), logits)
+        if out is None:  # no rows: still a forward of the right width
+            out = self.run_target(self.unflatten(flat.new_zeros(self.n_target)), x)
+        return out
+
+    def regulariser(self, past: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """sum over ``past`` of ||h(e_t') - target_t'||^2 (the caller scales it)."""
+        return (self.generate_flat(past) - targets).square().sum()
+
+    def _infer(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """HNET+ENT: each row in every trained context; the prediction of lowest entropy."""
+        candidates = self.trained or [0]
+        flat = self.generate_flat(torch.tensor(candidates, device=x.device))
+        logits = torch.stack([self.run_target(self.unflatten(flat[i]), x) for i in range(len(candidates))])
+        logp = torch.log_softmax(logits.float(), dim=2)
+        entropy = -(logp.exp() * logp).sum(2)  # [contexts, rows]
+        best = entropy.argmin(0)
+        self.inferred = torch.tensor(candidates, device=x.device)[best]
+        return logits[best, torch.arange(x.shape[0], device=x.device)]
