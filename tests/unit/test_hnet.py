@@ -207,7 +207,7 @@ def test_reg_tasks_draws_its_past_tasks_by_step_and_scales_by_how_many():
         term = strategy.loss_terms(None, logits)["hnet/reg"]  # type: ignore[arg-type]
         p = {n: v.detach() for n, v in net.named_parameters()}
         by_hand = sum((chunks_by_hand(net, int(c), p) - strategy.targets[int(c)]).square().sum() for c in past)
-        assert float(term) == pytest.approx(scale * float(by_hand), rel=1e-5)
+        assert term.item() == pytest.approx(scale * float(by_hand), rel=1e-5)
     strategy.config.beta = 0.0
     strategy._choose_regularised()
     assert net.reg is None and strategy.loss_terms(None, net(x, torch.full((5,), 3))) == {}  # type: ignore[arg-type]
