@@ -297,7 +297,7 @@ def test_entropy_inference_picks_the_confident_context():
                 first[unit, t], first[unit, 4 + j] = 1.0, 1.0
                 last[:, unit] = flat[5 * j:5 * j + 5]
     for t in range(4):
-        weights = net.unflatten(net.generate_flat(torch.tensor([t]))[0])
+        weights = net.unflatten(net.generate_flat(torch.tensor([t]))[0].detach())
         assert float(weights["0.weight"][0, 2 * t]) == 5.0 and float(weights["0.weight"].abs().sum()) == 20.0
 
     net.trained = [0, 2, 3]
