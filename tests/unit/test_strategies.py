@@ -24,7 +24,7 @@ from lifelong.streams.feed import StreamServer
 from lifelong.streams.registry import build_stream
 from tests.unit import plugin_fixture
 
-BUILTINS = ("naive", "joint", "replay", "ewc", "cbp", "redo", "l2", "shrink_perturb", "gateon", "moe")
+BUILTINS = ("naive", "joint", "replay", "ewc", "cbp", "redo", "l2", "shrink_perturb", "gateon", "moe", "hnet")
 PLUGIN = "tests.unit.plugin_fixture:MyStrategy"
 
 STREAM = {"dataset": "digits", "scenario": "split", "n_tasks": 3, "classes_per_task": 2,
