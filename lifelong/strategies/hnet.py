@@ -49,7 +49,7 @@ class Hnet(Strategy):
     name = "hnet"
     description = "hypernetwork CL: chunked task-conditioned weights, output regulariser, entropy task inference"
     Config = HnetConfig
-    support = Support()  # proven on one plain worker so far
+    support = Support.everywhere()  # tests/e2e/test_sharding_equivalence.py
 
     @classmethod
     def check_config(cls, config: HnetConfig) -> None:  # type: ignore[override]

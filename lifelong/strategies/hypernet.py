@@ -10,7 +10,9 @@ than the target (``compression``).
 Every parameter (task embeddings, chunk embeddings, the generator's layers) belongs to
 ``HyperNet`` itself, and its forward calls no submodule: ZeRO-3 gathers all of them once,
 when ``HyperNet`` is called, and the number of contexts in a batch (data-dependent) never
-changes which modules run. A row whose context is ``INFER`` runs in every trained context
+changes which modules run. (The layers are registered one by one, not in an
+``nn.ParameterList``: a list is a submodule that is never called, so ZeRO-3 would leave its
+parameters partitioned, empty, inside the forward.) A row whose context is ``INFER`` runs in every trained context
 and keeps the prediction with the lowest entropy (HNET+ENT).
 """
 
@@ -45,15 +47,15 @@ class HyperNet(Contextual):
         self.task_embeddings = nn.Parameter(torch.randn(contexts, embedding_dim, generator=g))
         self.chunk_embeddings = nn.Parameter(torch.randn(n_chunks, chunk_dim, generator=g))
         widths = [embedding_dim + chunk_dim, *hidden, chunk_size]
-        self.weights = nn.ParameterList()
-        self.biases = nn.ParameterList()
+        self.layers = len(widths) - 1
         for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
             last = i == len(widths) - 2
             # Last layer: scaled so that generated weights start near the target's own init
             # (std ~ 1/sqrt(fan_in) of a typical layer), as hypercl's init does in spirit.
             bound = 1.0 / math.sqrt(fan_in) if not last else 1.0 / math.sqrt(fan_in * self._fan_in_scale(target))
-            self.weights.append(nn.Parameter(torch.empty(fan_out, fan_in).uniform_(-bound, bound, generator=g)))
-            self.biases.append(nn.Parameter(torch.zeros(fan_out)))
+            self.register_parameter(f"weights_{i}", nn.Parameter(torch.empty(fan_out, fan_in).uniform_(-bound, bound,
+                                                                                                   generator=g)))
+            self.register_parameter(f"biases_{i}", nn.Parameter(torch.zeros(fan_out)))
         self.inferred: Optional[torch.Tensor] = None
         self.trained: list[int] = []  # contexts INFER may pick (set by the strategy)
         self.reg: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # (past contexts, their targets) this step
@@ -64,6 +66,15 @@ class HyperNet(Contextual):
         fans = [m.in_features if isinstance(m, nn.Linear) else m.in_channels * math.prod(m.kernel_size)
                 for m in target if isinstance(m, (nn.Linear, nn.Conv2d))]
         return float(sum(fans) / len(fans))
+
+    @property
+    def weights(self) -> list[nn.Parameter]:
+        """The generator's layer weights, first to last."""
+        return [getattr(self, f"weights_{i}") for i in range(self.layers)]
+
+    @property
+    def biases(self) -> list[nn.Parameter]:
+        return [getattr(self, f"biases_{i}") for i in range(self.layers)]
 
     @property
     def target(self) -> nn.Sequential:
@@ -81,10 +92,9 @@ class HyperNet(Contextual):
         chunk = p["chunk_embeddings"]
         n, chunks = e.shape[0], chunk.shape[0]
         h = torch.cat([e[:, None, :].expand(n, chunks, e.shape[1]), chunk[None].expand(n, chunks, -1)], dim=2)
-        layers = len(self.weights)
-        for i in range(layers):
-            h = F.linear(h, p[f"weights.{i}"], p[f"biases.{i}"])
-            if i < layers - 1:
+        for i in range(self.layers):
+            h = F.linear(h, p[f"weights_{i}"], p[f"biases_{i}"])
+            if i < self.layers - 1:
                 h = torch.relu(h)
         return h.reshape(n, -1)[:, :self.n_target]
 

@@ -1,11 +1,12 @@
 """Runs the same seeded stream on 1 plain worker (in-process) and on N DeepSpeed workers
 (a real Ray Train worker group) for several strategies, returning what each produced.
 
-GateON and MoE rows also return the strategy's state (GateON: availability, committed
-masks, context detector, switches; MoE: frozen experts, routing tables, usage, task-free
-gates, task inference) from *every* rank, and each of ``RESUMED`` is checkpointed after
-task ``RESUME_AFTER`` on the workers, resumed from that file into a fresh learner group,
-and run to the end again; the files stay in the work directory for a resume elsewhere."""
+GateON, MoE and hypernetwork rows also return the strategy's state (GateON: availability,
+committed masks, context detector, switches; MoE: frozen experts, routing tables, usage,
+task-free gates, task inference; hnet: trained tasks, targets, task inference) from *every*
+rank, and each of ``RESUMED`` is checkpointed after task ``RESUME_AFTER`` on the workers,
+resumed from that file into a fresh learner group, and run to the end again; the files stay
+in the work directory for a resume elsewhere."""
 
 from __future__ import annotations
 
@@ -18,9 +19,11 @@ import torch
 from lifelong.platform import checkpoint
 from lifelong.platform.learner import Learner
 from lifelong.strategies.gateon import GateON
+from lifelong.strategies.hnet import Hnet
 from lifelong.strategies.moe import MoE
 from tests.conftest import make_config
 
+HNET = {"name": "hnet", "embedding_dim": 8, "chunk_dim": 4, "hidden": [16], "chunk_size": 500, "beta": 0.1}
 STREAM = {"dataset": "digits", "scenario": "permuted", "n_tasks": 3, "setting": "domain"}
 STRATEGIES = {
     "naive": {"name": "naive"},
@@ -48,10 +51,17 @@ STRATEGIES = {
                  "noise": 1.0, "balance": 0.01, "balance_kind": "switch", "z_loss": 0.001},
     "moe_free": {"name": "moe", "routing": "free", "experts": 6, "per_task": 2, "k": 2, "freeze": 2,
                  "noise": 1.0, "balance": 0.01, "balance_kind": "cv2", "z_loss": 0.001, "gate_rank": 10},
+    # Hypernetworks with a small generator (18 chunks of 500 for the 64-64 MLP): task-conditioned
+    # on Split digits with task ids, regularising every past task; and on the class-incremental
+    # split with one past task drawn per step and each test row's task inferred (HNET+ENT).
+    "hnet_task": {**HNET, "inference": "task"},
+    "hnet_ent": {**HNET, "inference": "entropy", "reg_tasks": 1},
 }
 MODELS = {"cbp_conv": {"hidden": [32], "conv": [8, 8]}}  # default: an MLP
 SPLIT = {"dataset": "digits", "scenario": "split", "n_tasks": 3, "classes_per_task": 3}  # ~400 rows a task
-STREAMS = {"moe_task": {**SPLIT, "setting": "task"}, "moe_free": {**SPLIT, "setting": "class"}}  # default: STREAM
+STREAMS = {"moe_task": {**SPLIT, "setting": "task"}, "moe_free": {**SPLIT, "setting": "class"},
+           "hnet_task": {**SPLIT, "setting": "task"}, "hnet_ent": {**SPLIT, "setting": "class"}}  # default: STREAM
+NO_PROBES = ("hnet_task", "hnet_ent")  # hnet refuses the plasticity probes (on by default)
 # GateON's gated, unit-norm hidden layers are chaotic under SGD with momentum at lr 0.05 on
 # this stream: 1-ulp differences (1 vs 2 BLAS threads, on the plain worker alone) grow about
 # 10% a step, to R differences of 0.05-0.35 by the end, so no sharding could match it. Adam
@@ -62,13 +72,14 @@ STREAMS = {"moe_task": {**SPLIT, "setting": "task"}, "moe_free": {**SPLIT, "sett
 # task) is enough for GateON to act, and keeps the suite short.
 ADAM = {"name": "adam", "lr": 0.01, "eps": 1e-3}
 OPTIMS = {"gateon_n": ADAM, "gateon_p": ADAM, "gateon_detect": ADAM,
-          "moe_task": ADAM, "moe_free": ADAM}  # default: SGD, momentum
-EPOCHS = {"gateon_n": 1, "gateon_p": 1, "gateon_detect": 1, "moe_task": 1, "moe_free": 1}  # default: 2
+          "moe_task": ADAM, "moe_free": ADAM, "hnet_task": ADAM, "hnet_ent": ADAM}  # default: SGD, momentum
+EPOCHS = {"gateon_n": 1, "gateon_p": 1, "gateon_detect": 1, "moe_task": 1, "moe_free": 1,
+          "hnet_task": 1, "hnet_ent": 1}  # default: 2
 # Checkpointed after task 1: GateON with two contexts and one switch; MoE with experts frozen
-# and (free) two contexts' gates fitted.
-RESUMED, RESUME_AFTER = ("gateon_detect", "moe_free"), 1
+# and (free) two contexts' gates fitted; HNET+ENT with two tasks trained, one target snapshotted.
+RESUMED, RESUME_AFTER = ("gateon_detect", "moe_free", "hnet_ent"), 1
 CHECKPOINT_DIR = "checkpoint-{name}-{stage}"  # under the work directory: RESUMED's, from the workers
-STATES = ("gateon", "moe")  # outcome keys that every rank returns
+STATES = ("gateon", "moe", "hnet")  # outcome keys that every rank returns
 
 
 def config(name: str, engine: dict) -> Any:
@@ -76,7 +87,7 @@ def config(name: str, engine: dict) -> Any:
                        strategy=STRATEGIES[name],
                        optim=OPTIMS.get(name, {"name": "sgd", "lr": 0.05, "momentum": 0.9}),
                        train={"epochs": EPOCHS.get(name, 2), "batch_size": 32, "eval_batch_size": 128},
-                       engine=engine, seed=0)
+                       engine=engine, probes={"enabled": name not in NO_PROBES}, seed=0)
 
 
 def outcome(learner: Learner) -> dict:
@@ -92,6 +103,8 @@ def outcome(learner: Learner) -> dict:
         out["gateon"] = gateon_state(learner)
     if isinstance(learner.strategy, MoE):
         out["moe"] = moe_state(learner)
+    if isinstance(learner.strategy, Hnet):
+        out["hnet"] = hnet_state(learner)
     return out
 
 
@@ -110,6 +123,15 @@ def moe_state(learner: Learner) -> dict:
     usage counts, trained contexts, task inference, gates) and the update masks in force."""
     strategy = learner.strategy
     assert isinstance(strategy, MoE)
+    return {"state": checkpoint.detached(strategy.state_dict()),
+            "masks": {k: v.clone() for k, v in learner.ctx.update_masks().items()}}
+
+
+def hnet_state(learner: Learner) -> dict:
+    """What the hypernetwork strategy kept: its checkpoint state (trained tasks, the targets
+    h(e_t', Theta*) snapshotted at the last task start, step, task inference) and the masks."""
+    strategy = learner.strategy
+    assert isinstance(strategy, Hnet)
     return {"state": checkpoint.detached(strategy.state_dict()),
             "masks": {k: v.clone() for k, v in learner.ctx.update_masks().items()}}
 
@@ -141,7 +163,7 @@ def checkpointed_and_resumed(cfg: Any, rank: int, world: int, directory: Path) -
 
 def sharded_loop(rank: int, world: int, payload: dict) -> dict:
     """Learner-process body: every strategy in turn on this worker group; returns this
-    rank's outcomes (rank 0's in full, the others' GateON and MoE states only)."""
+    rank's outcomes (rank 0's in full, the others' GateON, MoE and hnet states only)."""
     torch.set_num_threads(1)
     results = {}
     for name in payload["strategies"]:
@@ -164,7 +186,7 @@ def _states_only(out: dict) -> dict:
 
 
 def sharded(stage: int, names: list[str], workdir: Path, workers: int = 2) -> dict:
-    """Rank 0's outcome per strategy; GateON's and MoE's also hold every rank's state under
+    """Rank 0's outcome per strategy; GateON's, MoE's and hnet's also hold every rank's state under
     "ranks" (RESUMED's resumed runs too)."""
     from lifelong.platform.worker_group import Placement, fit
 

@@ -60,7 +60,7 @@ def chunks_by_hand(net: HyperNet, context: int, p: dict[str, torch.Tensor]) -> t
     for j in range(p["chunk_embeddings"].shape[0]):
         h = torch.cat([p["task_embeddings"][context], p["chunk_embeddings"][j]])
         for i in range(layers):
-            h = p[f"weights.{i}"] @ h + p[f"biases.{i}"]
+            h = p[f"weights_{i}"] @ h + p[f"biases_{i}"]
             h = h.clamp(min=0) if i < layers - 1 else h
         out.append(h)
     return torch.cat(out)[:net.n_target]
@@ -154,7 +154,7 @@ def test_the_regulariser_is_zero_at_the_snapshot_and_its_gradient_is_right():
     assert float(want["task_embeddings"][1:].abs().sum()) == 0.0
 
     g = torch.Generator().manual_seed(2)  # the float64 reference by central differences
-    for name in ("weights.0", "weights.1", "chunk_embeddings", "task_embeddings"):
+    for name in ("weights_0", "weights_1", "chunk_embeddings", "task_embeddings"):
         for _ in range(2):
             index = tuple(int(torch.randint(s, (1,), generator=g)) for s in p64[name].shape)
             if name == "task_embeddings":
