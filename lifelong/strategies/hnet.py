@@ -29,6 +29,7 @@ from lifelong.platform.config import RunConfig, StrategyConfig
 from lifelong.platform.errors import require
 from lifelong.strategies.base import Matrix, Strategy, Support
 from lifelong.strategies.hypernet import HyperNet
+from lifelong.strategies.task_inference import expected_contexts, inference_matrix, latest_mean, record
 from lifelong.streams.batches import Batch, Rows
 from lifelong.streams.scenarios import TaskInfo
 
@@ -98,11 +99,10 @@ class Hnet(Strategy):
     def inferred_contexts(self) -> Optional[list[int]]:
         if self.config.inference != "entropy":
             return None
-        return self.trained + [-1] * (self.ctx.n_tasks - len(self.trained))
+        return expected_contexts(self.trained, self.ctx.n_tasks)
 
     def on_task_inference(self, accuracy: list[float]) -> None:
-        if self.trained:
-            self.inference.append(list(accuracy))
+        record(self.inference, accuracy, self.trained)
 
     # -- per step ----------------------------------------------------------------------------------
     def loss_terms(self, batch: Batch, logits: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -148,17 +148,13 @@ class Hnet(Strategy):
     # -- reporting ----------------------------------------------------------------------------------
     def task_metrics(self, task: TaskInfo) -> dict[str, float]:
         out = {"hnet/compression": self.compression()}
-        if self.inference:
-            trained = self.inference[-1][:len(self.trained)]
-            out["hnet/task_inference"] = sum(trained) / len(trained)
+        inferred = latest_mean(self.inference, self.trained)
+        if inferred is not None:
+            out["hnet/task_inference"] = inferred
         return out
 
     def matrices(self) -> dict[str, Matrix]:
-        if not self.inference:
-            return {}
-        n = len(self.trained)
-        return {"hnet_task_inference": Matrix([row[:n] for row in self.inference], "evaluation after task", "task",
-                                              "share of test rows whose task was inferred right")}
+        return {"hnet_task_inference": inference_matrix(self.inference, self.trained)} if self.inference else {}
 
     # -- resume ------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from torch import nn
 
 from lifelong.platform.errors import ConfigError
 from lifelong.platform.model import Contextual
+from lifelong.strategies.units import fan_in
 
 
 class HyperNet(Contextual):
@@ -48,14 +49,14 @@ class HyperNet(Contextual):
         self.chunk_embeddings = nn.Parameter(torch.randn(n_chunks, chunk_dim, generator=g))
         widths = [embedding_dim + chunk_dim, *hidden, chunk_size]
         self.layers = len(widths) - 1
-        for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
+        for i, (width_in, width_out) in enumerate(zip(widths[:-1], widths[1:])):
             last = i == len(widths) - 2
             # Last layer: scaled so that generated weights start near the target's own init
             # (std ~ 1/sqrt(fan_in) of a typical layer), as hypercl's init does in spirit.
-            bound = 1.0 / math.sqrt(fan_in) if not last else 1.0 / math.sqrt(fan_in * self._fan_in_scale(target))
-            self.register_parameter(f"weights_{i}", nn.Parameter(torch.empty(fan_out, fan_in).uniform_(-bound, bound,
+            bound = 1.0 / math.sqrt(width_in) if not last else 1.0 / math.sqrt(width_in * self._fan_in_scale(target))
+            self.register_parameter(f"weights_{i}", nn.Parameter(torch.empty(width_out, width_in).uniform_(-bound, bound,
                                                                                                    generator=g)))
-            self.register_parameter(f"biases_{i}", nn.Parameter(torch.zeros(fan_out)))
+            self.register_parameter(f"biases_{i}", nn.Parameter(torch.zeros(width_out)))
         self.inferred: Optional[torch.Tensor] = None
         self.trained: list[int] = []  # contexts INFER may pick (set by the strategy)
         self.reg: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # (past contexts, their targets) this step
@@ -63,8 +64,7 @@ class HyperNet(Contextual):
 
     @staticmethod
     def _fan_in_scale(target: nn.Sequential) -> float:
-        fans = [m.in_features if isinstance(m, nn.Linear) else m.in_channels * math.prod(m.kernel_size)
-                for m in target if isinstance(m, (nn.Linear, nn.Conv2d))]
+        fans = [fan_in(m) for m in target if isinstance(m, (nn.Linear, nn.Conv2d))]
         return float(sum(fans) / len(fans))
 
     @property

@@ -37,6 +37,7 @@ from lifelong.strategies.base import Matrix, Strategy, Support
 from lifelong.strategies.experts import ExpertLayer, MoENet, RoutingTables
 from lifelong.strategies.routing import cv2_surrogate, slot_counts, switch_balance, z_loss
 from lifelong.strategies.subspace_gates import SubspaceGates, fit_classes
+from lifelong.strategies.task_inference import expected_contexts, inference_matrix, latest_mean, record
 from lifelong.streams.batches import Batch, Rows
 from lifelong.streams.scenarios import TaskInfo
 
@@ -129,11 +130,10 @@ class MoE(Strategy):
     def inferred_contexts(self) -> Optional[list[int]]:
         if not self.free:
             return None
-        return self.trained + [-1] * (self.ctx.n_tasks - len(self.trained))
+        return expected_contexts(self.trained, self.ctx.n_tasks)
 
     def on_task_inference(self, accuracy: list[float]) -> None:
-        if self.trained:  # not the evaluation before the first task: no context is trained yet
-            self.inference.append(list(accuracy))
+        record(self.inference, accuracy, self.trained)
 
     # -- per step --------------------------------------------------------------------------------
     def loss_terms(self, batch: Batch, logits: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -239,10 +239,9 @@ class MoE(Strategy):
             if usage is not None:  # experts that took at least 1% of this task's routing slots
                 share = usage[i] / usage[i].sum().clamp(min=1.0)
                 out[f"moe/experts_used/{prefix}"] = float((share >= 0.01).sum())
-        if self.inference:
-            trained = [a for a, c in zip(self.inference[-1], self.trained) if c >= 0]
-            if trained:
-                out["moe/task_inference"] = sum(trained) / len(trained)
+        inferred = latest_mean(self.inference, self.trained)
+        if inferred is not None:
+            out["moe/task_inference"] = inferred
         return out
 
     def matrices(self) -> dict[str, Matrix]:
@@ -252,10 +251,7 @@ class MoE(Strategy):
             out[f"moe_routing_{prefix.replace('.', '_')}"] = Matrix(
                 rows, "task", "expert", f"share of each task's routing slots per expert ({prefix})")
         if self.inference:
-            n = len(self.trained)
-            out["moe_task_inference"] = Matrix([row[:n] + [0.0] * (n - len(row[:n])) for row in self.inference],
-                                               "evaluation after task", "task",
-                                               "share of test rows whose task was inferred right")
+            out["moe_task_inference"] = inference_matrix(self.inference, self.trained)
         return out
 
     # -- resume --------------------------------------------------------------------------------------

@@ -39,9 +39,7 @@ class SubspaceGates:
         """Add rows of the context being learnt to this worker's moments."""
         for c in y.unique().tolist():
             rows = x[y == c].double()
-            count, total, outer = self._moments.setdefault(
-                c, [torch.zeros((), dtype=torch.float64), torch.zeros(self.dim, dtype=torch.float64),
-                    torch.zeros(self.dim, self.dim, dtype=torch.float64)])
+            count, total, outer = self._moments.setdefault(c, self._empty_moments())
             count += rows.shape[0]
             total += rows.sum(0)
             outer += rows.T @ rows
@@ -69,10 +67,12 @@ class SubspaceGates:
         self.contexts = torch.cat([self.contexts, torch.full((len(means),), context, dtype=torch.int64)])
         self.classes = torch.cat([self.classes, torch.tensor(classes, dtype=torch.int64)])
 
+    def _empty_moments(self) -> list[torch.Tensor]:
+        return [torch.zeros((), dtype=torch.float64), torch.zeros(self.dim, dtype=torch.float64),
+                torch.zeros(self.dim, self.dim, dtype=torch.float64)]
+
     def _pack(self, c: int) -> torch.Tensor:
-        count, total, outer = self._moments.get(c) or [torch.zeros((), dtype=torch.float64),
-                                                      torch.zeros(self.dim, dtype=torch.float64),
-                                                      torch.zeros(self.dim, self.dim, dtype=torch.float64)]
+        count, total, outer = self._moments.get(c) or self._empty_moments()
         return torch.cat([count.view(1), total, outer.flatten()])
 
     def observed_classes(self) -> list[int]:

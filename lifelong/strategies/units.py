@@ -77,7 +77,7 @@ def hidden_layers(model: nn.Module, who: str = "this strategy", prefix: str = ""
         units = module.out_features if isinstance(module, nn.Linear) else module.out_channels
         layers.append(HiddenLayer(f"hidden{len(layers)}", prefix + name, prefix + children[i + 1][0],
                                   prefix + children[j][0],
-                                  units, _fan_in(module), isinstance(module, nn.Conv2d),
+                                  units, fan_in(module), isinstance(module, nn.Conv2d),
                                   _positions(out, units, name, who)))
         if module.bias is None or out.bias is None:
             raise ConfigError(f"{who}: layers {name!r} and {children[j][0]!r} need biases")
@@ -86,7 +86,7 @@ def hidden_layers(model: nn.Module, who: str = "this strategy", prefix: str = ""
     return layers
 
 
-def _fan_in(module: nn.Module) -> int:
+def fan_in(module: nn.Module) -> int:
     """From the module's shape attributes, so it also works on meta or partitioned weights."""
     if isinstance(module, nn.Linear):
         return module.in_features

@@ -10,7 +10,6 @@ bad options stop the CLI with one line; a run resumes exactly after task 1."""
 from __future__ import annotations
 
 import math
-import subprocess
 from types import SimpleNamespace
 from typing import Any, Iterator, Optional
 
@@ -18,7 +17,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from lifelong.platform import checkpoint, cli, ray_session
+from lifelong.platform import checkpoint
 from lifelong.platform.config import ModelConfig
 from lifelong.platform.learner import Learner
 from lifelong.platform.model import Contextual, build_model
@@ -27,7 +26,7 @@ from lifelong.strategies.hypernet import HyperNet
 from lifelong.streams.feed import TaskEnd, TaskStart, TrainRows
 from lifelong.streams.registry import build_stream
 from tests.conftest import make_config, same
-from tests.e2e.user_shell import LIFELONG, ROOT, repository_copy, user_env
+from tests.unit.bad_options import fresh_process_lines, in_process_line
 from tests.unit.test_checkpoint import stopped_after
 from tests.unit.test_gateon_resume import final_state
 
@@ -335,34 +334,15 @@ OK = ["strategy.name=hnet", "probes.enabled=false"]
 
 
 def test_bad_options_stop_the_real_cli_with_one_line_before_anything_starts(tmp_path):
-    procs = {}
-    for name in FRESH:
-        root = repository_copy(tmp_path / name, "configs")
-        procs[name] = (root, subprocess.Popen(
-            [LIFELONG, "run", "configs/split_digits_ewc.yaml", *OK, *BAD[name][0]],
-            cwd=root, env=user_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    for name, (root, proc) in procs.items():
-        out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 2, (name, err)
-        (line,) = err.splitlines()
+    lines = fresh_process_lines(tmp_path, {name: [*OK, *BAD[name][0]] for name in FRESH})
+    for name, line in lines.items():
         assert line == f"lifelong: error: {BAD[name][1]}", (name, line)
-        assert out == ""
-        assert sorted(p.name for p in root.iterdir()) == ["configs"], name  # no .lifelong, no mlruns.db
 
 
 @pytest.mark.parametrize("name", sorted(BAD))
 def test_every_bad_option_is_one_cli_line_and_exit_2_before_ray_starts(name, capsys, monkeypatch, tmp_path):
-    def no_ray() -> None:
-        raise AssertionError("Ray was started")
-
-    monkeypatch.setattr(ray_session, "connect", no_ray)
-    monkeypatch.chdir(tmp_path)
-    code = cli.main(["run", str(ROOT / "configs" / "split_digits_ewc.yaml"), *OK, *BAD[name][0]])
-    captured = capsys.readouterr()
-    assert code == 2 and captured.out == ""
-    (line,) = captured.err.splitlines()
+    line = in_process_line([*OK, *BAD[name][0]], capsys, monkeypatch, tmp_path)
     assert line == f"lifelong: error: {BAD[name][1]}", line
-    assert list(tmp_path.iterdir()) == []
 
 
 def test_probes_are_refused_by_default_as_a_config_error():

@@ -7,14 +7,12 @@ real CLI with one line before anything starts. The parts by hand: test_moe_routi
 
 from __future__ import annotations
 
-import subprocess
 from typing import Any, Iterator, Optional
 
 import pytest
 import torch
 from torch import nn
 
-from lifelong.platform import cli, ray_session
 from lifelong.platform.errors import ConfigError
 from lifelong.platform.learner import Learner
 from lifelong.platform.model import Contextual
@@ -24,7 +22,7 @@ from lifelong.strategies.routing import route
 from lifelong.streams.batches import Samples
 from lifelong.streams.feed import TaskEnd, TaskStart, TrainRows
 from tests.conftest import make_config
-from tests.e2e.user_shell import LIFELONG, ROOT, repository_copy, user_env
+from tests.unit.bad_options import fresh_process_lines, in_process_line
 
 SPLIT = {"dataset": "digits", "scenario": "split", "n_tasks": 3, "classes_per_task": 2, "setting": "task"}
 PARAMS = ("weight", "bias", "router_weight", "router_bias")
@@ -222,33 +220,13 @@ FRESH = ("pool", "expert_parallel")  # one refused at config time, one by the pr
 
 
 def test_bad_options_stop_the_real_cli_with_one_line_before_anything_starts(tmp_path):
-    """As a user types it, in a fresh process (two at once: each costs the interpreter's
-    start-up, 4 s here). Nothing is left behind: no Ray session, no run log, no store."""
-    procs = {}
-    for name in FRESH:
-        root = repository_copy(tmp_path / name, "configs")
-        procs[name] = (root, subprocess.Popen(
-            [LIFELONG, "run", "configs/split_digits_ewc.yaml", "strategy.name=moe", *BAD[name][0]],
-            cwd=root, env=user_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    for name, (root, proc) in procs.items():
-        out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 2, (name, err)
-        (line,) = err.splitlines()
+    """As a user types it, in fresh processes. Nothing is left behind."""
+    lines = fresh_process_lines(tmp_path, {name: ["strategy.name=moe", *BAD[name][0]] for name in FRESH})
+    for name, line in lines.items():
         assert line.startswith(f"lifelong: error: {BAD[name][1]}"), (name, line)
-        assert out == ""
-        assert sorted(p.name for p in root.iterdir()) == ["configs"], name  # no .lifelong, no mlruns.db
 
 
 @pytest.mark.parametrize("name", sorted(BAD))
 def test_every_bad_option_is_one_cli_line_and_exit_2_before_ray_starts(name, capsys, monkeypatch, tmp_path):
-    def no_ray() -> None:
-        raise AssertionError("Ray was started")
-
-    monkeypatch.setattr(ray_session, "connect", no_ray)
-    monkeypatch.chdir(tmp_path)
-    code = cli.main(["run", str(ROOT / "configs" / "split_digits_ewc.yaml"), "strategy.name=moe", *BAD[name][0]])
-    captured = capsys.readouterr()
-    assert code == 2 and captured.out == ""
-    (line,) = captured.err.splitlines()
+    line = in_process_line(["strategy.name=moe", *BAD[name][0]], capsys, monkeypatch, tmp_path)
     assert line.startswith(f"lifelong: error: {BAD[name][1]}"), line
-    assert list(tmp_path.iterdir()) == []
