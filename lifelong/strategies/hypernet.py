@@ -5,7 +5,9 @@ The target (the platform's MLP or conv stack) keeps its architecture but loses i
 parameters: they become activations, ``generate(e_t)``. Its flattened weights are cut into
 chunks of ``chunk_size``; chunk j is ``g([e_t, c_j])``, one small MLP ``g`` shared by every
 chunk, with a learned chunk embedding c_j. So the hypernetwork can have fewer parameters
-than the target (``compression``).
+than the target (``compression``). Chunk embeddings are shared by every task, or, with
+``per_task_chunks``, a set per task (hypnettorch's ``use_cond_chunk_embs``): each task then
+owns ``chunks x chunk_dim`` more parameters to fit itself with, frozen after it like e_t.
 
 Every parameter (task embeddings, chunk embeddings, the generator's layers) belongs to
 ``HyperNet`` itself, and its forward calls no submodule: ZeRO-3 gathers all of them once,
@@ -34,7 +36,8 @@ class HyperNet(Contextual):
     """Generates the target's weights for each context and runs the target with them."""
 
     def __init__(self, target: nn.Sequential, contexts: int, embedding_dim: int, chunk_dim: int,
-                 hidden: list[int], chunk_size: int, seed: int) -> None:
+                 hidden: list[int], chunk_size: int, seed: int, per_task_chunks: bool = False,
+                 embedding_std: float = 1.0, chunk_std: float = 1.0) -> None:
         super().__init__()
         for module in target:
             if any(True for _ in module.parameters(recurse=False)) and not isinstance(module, (nn.Linear, nn.Conv2d)):
@@ -45,8 +48,9 @@ class HyperNet(Contextual):
         self.chunk_size = chunk_size
         n_chunks = -(-self.n_target // chunk_size)
         g = torch.Generator().manual_seed(seed * 1_000_033 + 41)
-        self.task_embeddings = nn.Parameter(torch.randn(contexts, embedding_dim, generator=g))
-        self.chunk_embeddings = nn.Parameter(torch.randn(n_chunks, chunk_dim, generator=g))
+        self.task_embeddings = nn.Parameter(embedding_std * torch.randn(contexts, embedding_dim, generator=g))
+        chunk_shape = (contexts, n_chunks, chunk_dim) if per_task_chunks else (n_chunks, chunk_dim)
+        self.chunk_embeddings = nn.Parameter(chunk_std * torch.randn(*chunk_shape, generator=g))
         widths = [embedding_dim + chunk_dim, *hidden, chunk_size]
         self.layers = len(widths) - 1
         for i, (width_in, width_out) in enumerate(zip(widths[:-1], widths[1:])):
@@ -80,8 +84,19 @@ class HyperNet(Contextual):
     def target(self) -> nn.Sequential:
         return self._target[0]
 
+    @property
+    def per_task_chunks(self) -> bool:
+        return self.chunk_embeddings.dim() == 3
+
+    def task_parameters(self) -> int:
+        """Parameters each task owns: its embedding, and its chunk embeddings if per task."""
+        own = self.task_embeddings[0].numel()
+        return own + (self.chunk_embeddings[0].numel() if self.per_task_chunks else 0)
+
     def hypernet_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters()) - self.task_embeddings.shape[0] * self.task_embeddings.shape[1]
+        """The shared parameters Theta: everything no single task owns."""
+        per_task = self.task_embeddings.numel() + (self.chunk_embeddings.numel() if self.per_task_chunks else 0)
+        return sum(p.numel() for p in self.parameters()) - per_task
 
     # -- generation -------------------------------------------------------------------------------
     def generate_flat(self, contexts: torch.Tensor, params: Optional[dict[str, torch.Tensor]] = None) -> torch.Tensor:
@@ -90,8 +105,9 @@ class HyperNet(Contextual):
         p = params if params is not None else dict(self.named_parameters())
         e = p["task_embeddings"][contexts.to(p["task_embeddings"].device)]  # [n, te]
         chunk = p["chunk_embeddings"]
-        n, chunks = e.shape[0], chunk.shape[0]
-        h = torch.cat([e[:, None, :].expand(n, chunks, e.shape[1]), chunk[None].expand(n, chunks, -1)], dim=2)
+        n = e.shape[0]
+        chunk = chunk[contexts.to(chunk.device)] if chunk.dim() == 3 else chunk[None].expand(n, -1, -1)
+        h = torch.cat([e[:, None, :].expand(n, chunk.shape[1], e.shape[1]), chunk], dim=2)
         for i in range(self.layers):
             h = F.linear(h, p[f"weights_{i}"], p[f"biases_{i}"])
             if i < self.layers - 1:

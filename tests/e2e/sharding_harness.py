@@ -52,10 +52,11 @@ STRATEGIES = {
     "moe_free": {"name": "moe", "routing": "free", "experts": 6, "per_task": 2, "k": 2, "freeze": 2,
                  "noise": 1.0, "balance": 0.01, "balance_kind": "cv2", "z_loss": 0.001, "gate_rank": 10},
     # Hypernetworks with a small generator (18 chunks of 500 for the 64-64 MLP): task-conditioned
-    # on Split digits with task ids, regularising every past task; and on the class-incremental
-    # split with one past task drawn per step and each test row's task inferred (HNET+ENT).
-    "hnet_task": {**HNET, "inference": "task"},
-    "hnet_ent": {**HNET, "inference": "entropy", "reg_tasks": 1},
+    # on Split digits with task ids and a set of chunk embeddings per task, regularising every
+    # past task; and on the class-incremental split with one past task drawn per step and each
+    # test row's task inferred (HNET+ENT).
+    "hnet_task": {**HNET, "inference": "task", "per_task_chunks": True},
+    "hnet_ent": {**HNET, "inference": "entropy", "reg_tasks": 1, "per_task_chunks": False, "chunk_std": 1.0},
 }
 MODELS = {"cbp_conv": {"hidden": [32], "conv": [8, 8]}}  # default: an MLP
 SPLIT = {"dataset": "digits", "scenario": "split", "n_tasks": 3, "classes_per_task": 3}  # ~400 rows a task
