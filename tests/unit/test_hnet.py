@@ -3,8 +3,9 @@ generator reproduces the target's parameters shape for shape and the forward run
 with each row's generated weights; the output regulariser is exactly 0 at its snapshot, its
 gradient agrees with an independent float64 re-implementation (itself checked by finite
 differences), and ``reg_tasks`` draws its past tasks by step; through the real learner, past
-task embeddings and their optimizer state stay bit-identical and each task start snapshots
-the targets h(e_t', Theta*); entropy inference (HNET+ENT) picks the confident context;
+task embeddings (and chunk embeddings, when per task) and their optimizer state stay
+bit-identical, each task start snapshots the targets h(e_t', Theta*) and nothing moves them
+within the task; entropy inference (HNET+ENT) picks the confident context;
 bad options stop the CLI with one line; a run resumes exactly after task 1."""
 
 from __future__ import annotations
@@ -256,6 +257,7 @@ def test_past_embeddings_and_their_adam_state_stay_bit_identical_and_targets_are
                         state[key][:t] = torch.rand(state[key][:t].shape, generator=g) + 0.1
             starts.append({name: embedding_state(learner, name) for name in owned} if t else {})
         else:
+            assert torch.equal(strategy.targets, targets[-1])  # the snapshot never moves within a task
             learner.task_end(event)
             ends.append({name: embedding_state(learner, name) for name in owned})
             with torch.no_grad():
