@@ -12,13 +12,12 @@ its ratio to naive: the machines are noisy, the ratios are what to read.
 
 from __future__ import annotations
 
-import statistics
-import time
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from _timing import alternating_medians, seconds_per_call
 from lifelong.platform.config import ModelConfig
 from lifelong.platform.model import build_model
 from lifelong.strategies.hnet import HnetConfig
@@ -64,26 +63,13 @@ def step_fn(past: int | None, regularised: int = 0) -> Callable[[], None]:
     return step
 
 
-def seconds(step: Callable[[], None], steps: int = 40) -> float:
-    for _ in range(5):
-        step()
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - started) / steps
-
-
 def main(rounds: int = 5) -> None:
     torch.set_num_threads(2)
     cases = {"naive (the target trained directly)": (None, 0), "hnet, first task (no regulariser)": (0, 0),
              "hnet, task 4, 4 past tasks": (4, 4), "hnet, task 9, 9 past tasks": (9, 9),
              "hnet, task 9, reg_tasks=1": (9, 1)}
     steps = {label: step_fn(*args) for label, args in cases.items()}
-    times: dict[str, list[float]] = {label: [] for label in cases}
-    for r in range(rounds):
-        for label in (list(cases) if r % 2 == 0 else list(reversed(cases))):
-            times[label].append(seconds(steps[label]))
-    med = {label: statistics.median(v) for label, v in times.items()}
+    med = alternating_medians({label: lambda step=step: seconds_per_call(step, 40) for label, step in steps.items()}, rounds)
     base = med["naive (the target trained directly)"]
     print(f"one training step, target MLP 784-100-100-10, batch {BATCH}, Adam, 2 threads (median of {rounds})")
     for label, s in med.items():

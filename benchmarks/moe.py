@@ -17,13 +17,12 @@
 
 from __future__ import annotations
 
-import statistics
 import sys
-import time
 
 import torch
 from torch import nn
 
+from _timing import alternating_medians, seconds_per_call
 from lifelong.platform.config import ModelConfig, OptimConfig
 from lifelong.platform.engine import TorchEngine
 from lifelong.platform.model import build_model
@@ -65,23 +64,15 @@ def optimizer_seconds(frozen: bool, torch_adam: bool, steps: int = 60) -> float:
     for p in model.parameters():  # dense gradients everywhere: the worst case for the update
         if p.grad is None:
             p.grad = torch.randn_like(p) * 1e-3
-    for _ in range(5):
-        step()
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - started) / steps
+    return seconds_per_call(step, steps)
 
 
 def update(rounds: int = 3) -> None:
     torch.set_num_threads(2)
     cases = {"all experts training": (False, False), "8 of 10 frozen": (True, False),
              "torch.optim.Adam, all": (False, True)}
-    times: dict[str, list[float]] = {k: [] for k in cases}
-    for r in range(rounds):
-        for label in (list(cases) if r % 2 == 0 else list(reversed(cases))):
-            times[label].append(optimizer_seconds(*cases[label]))
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = alternating_medians({label: lambda args=args: optimizer_seconds(*args) for label, args in cases.items()},
+                              rounds)
     base = med["all experts training"]
     print("optimizer step, MLP 784-256-256-10 with 10 experts per layer (2.7M parameters), Adam")
     for label, seconds in med.items():
