@@ -10,6 +10,11 @@ layer's incoming weights and bias.
 The probe is a functional forward (and backward) of the model's meta-device skeleton
 with the full parameters passed in explicitly, so it never touches the engine: no
 DeepSpeed hook, gradient buffer or optimizer state sees it, at any ZeRO stage.
+
+A model whose network runs on generated weights (a hypernetwork) offers
+``generated_network()``, the plain network, and ``generated_weights(params, context)``,
+its weights for a context: the probe then measures that network with those weights, and
+"the gradient of a layer's incoming weights" is the loss gradient of the generated ones.
 """
 
 from __future__ import annotations
@@ -38,26 +43,31 @@ def probe_rows(rows: Rows, count: int, seed: int, task: int) -> Samples:
 class PlasticityProbe:
     def __init__(self, skeleton: nn.Module, masks: Optional[torch.Tensor], tau: float,
                  context_of: Callable[[torch.Tensor], Optional[torch.Tensor]] = lambda task: None) -> None:
+        generated = getattr(skeleton, "generated_network", None)
+        self.network: nn.Module = generated() if generated is not None else skeleton
         try:
-            probe_layers = getattr(skeleton, "probe_layers", None)  # a model that says where its units are
+            probe_layers = getattr(self.network, "probe_layers", None)  # a model that says where its units are
             self.layers: list[HiddenLayer] = (
                 probe_layers() if probe_layers is not None
-                else hidden_layers(skeleton.body, "the plasticity probes", skeleton.body_prefix)
-                if isinstance(skeleton, Contextual) else hidden_layers(skeleton, "the plasticity probes"))
+                else hidden_layers(self.network.body, "the plasticity probes", self.network.body_prefix)
+                if isinstance(self.network, Contextual) else hidden_layers(self.network, "the plasticity probes"))
         except ConfigError as err:
             raise ConfigError(f"{err}; or turn them off with probes.enabled=false") from None
         self.skeleton, self.masks, self.tau, self.context_of = skeleton, masks, tau, context_of
-        self.modules = dict(skeleton.named_modules())
+        self.modules = dict(self.network.named_modules())
 
     def measure(self, params: dict[str, torch.Tensor], batch: Batch) -> dict[str, float]:
         """``{"plasticity/<layer>/<measure>": value}`` for the model ``params`` on ``batch``."""
         acts: dict[str, torch.Tensor] = {}
         hooks = [self.modules[layer.activation].register_forward_hook(self._keep(acts, layer.name))
                  for layer in self.layers]
+        context = self.context_of(batch.task)
+        if self.network is not self.skeleton:  # generated weights: the probe batch's context's
+            params = self.skeleton.generated_weights(params, context)  # type: ignore[operator]
         try:
             live = {n: p.detach().clone().requires_grad_(True) for n, p in params.items()}
-            args = model_args(self.skeleton, batch.x, self.context_of(batch.task))
-            logits = mask_logits(functional_call(self.skeleton, live, args), batch.task, self.masks)
+            args = model_args(self.network, batch.x, context)
+            logits = mask_logits(functional_call(self.network, live, args), batch.task, self.masks)
             loss = F.cross_entropy(logits, batch.y)
             grads = dict(zip(live, torch.autograd.grad(loss, list(live.values()))))
         finally:

@@ -25,7 +25,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from lifelong.platform.config import RunConfig, StrategyConfig
+from lifelong.platform.config import StrategyConfig
 from lifelong.platform.errors import require
 from lifelong.strategies.base import Matrix, Strategy, Support
 from lifelong.strategies.hypernet import HyperNet
@@ -69,14 +69,6 @@ class Hnet(Strategy):
                 f"must be >= 1 or null (all past tasks), got {config.reg_tasks}")
         require(config.inference in ("task", "entropy"), "strategy.inference",
                 f"{config.inference!r} is not one of task, entropy")
-
-    @classmethod
-    def check_run(cls, config: HnetConfig, run: RunConfig) -> None:  # type: ignore[override]
-        # The probes' own refusal (HyperNet.probe_layers) comes only when a worker builds its
-        # learner, after Ray has started: refuse the (default) probes.enabled=true here.
-        require(not run.probes.enabled, "probes.enabled",
-                "the plasticity probes cannot see a hypernetwork's generated weights (strategy 'hnet'); "
-                "set probes.enabled=false")
 
     def __init__(self, config: HnetConfig, ctx: Any) -> None:
         super().__init__(config, ctx)

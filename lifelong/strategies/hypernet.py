@@ -114,9 +114,17 @@ class HyperNet(Contextual):
                 h = torch.relu(h)
         return h.reshape(n, -1)[:, :self.n_target]
 
-    def probe_layers(self) -> list:
-        raise ConfigError("the plasticity probes cannot see a hypernetwork's generated weights "
-                          "(strategy 'hnet')")
+    # -- what the plasticity probes see: the target with one context's generated weights -----------
+    def generated_network(self) -> nn.Sequential:
+        return self.target
+
+    def generated_weights(self, params: dict[str, torch.Tensor],
+                          context: Optional[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The target's weights, by parameter name, for the context of the probe's rows (one
+        task's rows: its first row's context; context 0 where there is none)."""
+        c = 0 if context is None or len(context) == 0 else int(context[0])
+        with torch.no_grad():
+            return self.unflatten(self.generate_flat(torch.tensor([c]), params)[0])
 
     def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         out, start = {}, 0

@@ -62,7 +62,6 @@ MODELS = {"cbp_conv": {"hidden": [32], "conv": [8, 8]}}  # default: an MLP
 SPLIT = {"dataset": "digits", "scenario": "split", "n_tasks": 3, "classes_per_task": 3}  # ~400 rows a task
 STREAMS = {"moe_task": {**SPLIT, "setting": "task"}, "moe_free": {**SPLIT, "setting": "class"},
            "hnet_task": {**SPLIT, "setting": "task"}, "hnet_ent": {**SPLIT, "setting": "class"}}  # default: STREAM
-NO_PROBES = ("hnet_task", "hnet_ent")  # hnet refuses the plasticity probes (on by default)
 # GateON's gated, unit-norm hidden layers are chaotic under SGD with momentum at lr 0.05 on
 # this stream: 1-ulp differences (1 vs 2 BLAS threads, on the plain worker alone) grow about
 # 10% a step, to R differences of 0.05-0.35 by the end, so no sharding could match it. Adam
@@ -88,7 +87,7 @@ def config(name: str, engine: dict) -> Any:
                        strategy=STRATEGIES[name],
                        optim=OPTIMS.get(name, {"name": "sgd", "lr": 0.05, "momentum": 0.9}),
                        train={"epochs": EPOCHS.get(name, 2), "batch_size": 32, "eval_batch_size": 128},
-                       engine=engine, probes={"enabled": name not in NO_PROBES}, seed=0)
+                       engine=engine, seed=0)
 
 
 def outcome(learner: Learner) -> dict:

@@ -22,6 +22,7 @@ from lifelong.platform import checkpoint
 from lifelong.platform.config import ModelConfig
 from lifelong.platform.learner import Learner
 from lifelong.platform.model import Contextual, build_model
+from lifelong.platform.probes import PlasticityProbe
 from lifelong.strategies.hnet import Hnet, HnetConfig
 from lifelong.strategies.hypernet import HyperNet
 from lifelong.streams.feed import TaskEnd, TaskStart, TrainRows
@@ -43,14 +44,13 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-def config(strategy: Optional[dict] = None, epochs: int = 1, **stream: Any) -> Any:
+def config(strategy: Optional[dict] = None, epochs: int = 1, probes: Optional[dict] = None) -> Any:
     return make_config(stream={"dataset": "digits", "scenario": "split", "n_tasks": 3, "classes_per_task": 2,
-                               "setting": "task", "train_samples_per_task": 120, "test_samples_per_task": 60,
-                               **stream},
+                               "setting": "task", "train_samples_per_task": 120, "test_samples_per_task": 60},
                        model={"hidden": [32]}, strategy={**SMALL, **(strategy or {})},
                        optim={"name": "adam", "lr": 0.01},
                        train={"epochs": epochs, "batch_size": 16, "eval_batch_size": 512},
-                       engine={"backend": "torch"}, probes={"enabled": False}, seed=0)
+                       engine={"backend": "torch"}, probes=probes or {"enabled": False}, seed=0)
 
 
 def chunks_by_hand(net: HyperNet, context: int, p: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -341,11 +341,9 @@ BAD = {
     "inference": (["strategy.inference=oracle"], "strategy.inference: 'oracle' is not one of task, entropy"),
     "chunk_size": (["strategy.chunk_size=0"], "strategy.chunk_size: must be >= 1, got 0"),
     "chunk_std": (["strategy.chunk_std=0"], "strategy.chunk_std: must be > 0, got 0.0"),
-    "probes": (["probes.enabled=true"], "probes.enabled: the plasticity probes cannot see a hypernetwork's "
-                                        "generated weights (strategy 'hnet'); set probes.enabled=false"),
 }
-FRESH = ("beta", "probes")
-OK = ["strategy.name=hnet", "probes.enabled=false"]
+FRESH = ("beta", "chunk_std")
+OK = ["strategy.name=hnet"]
 
 
 def test_bad_options_stop_the_real_cli_with_one_line_before_anything_starts(tmp_path):
@@ -360,16 +358,43 @@ def test_every_bad_option_is_one_cli_line_and_exit_2_before_ray_starts(name, cap
     assert line == f"lifelong: error: {BAD[name][1]}", line
 
 
-def test_probes_are_refused_by_default_as_a_config_error():
-    """The default (probes.enabled=true) is refused when the config is built, not by a worker."""
-    from lifelong.platform.errors import ConfigError
+# -- 6. plasticity probes on the generated network ---------------------------------------------
 
-    with pytest.raises(ConfigError, match=r"^probes\.enabled: .*set probes\.enabled=false$"):
-        make_config(stream={"dataset": "digits", "scenario": "split", "n_tasks": 3, "classes_per_task": 2},
-                    strategy={"name": "hnet"})
+def test_the_probes_measure_the_target_as_a_plain_network_holding_the_generated_weights():
+    """Through the real learner (probes on, the default): every measure of a task-1 probe is
+    the one a plain MLP gets when it holds h(e_1, Theta) as its own parameters."""
+    cfg = config(probes={"enabled": True, "every": 0})
+    learner = Learner(cfg)
+    net: HyperNet = learner.engine.module  # type: ignore[assignment]
+    measured: dict[str, float] = {}
+    for event in learner.feed.events(start_task=0):
+        if isinstance(event, TrainRows):
+            learner.train_rows(event)
+        elif isinstance(event, TaskStart):
+            learner.task_start(event)
+        else:
+            if event.task.index == 1:
+                measured = learner.run_probe()
+                break
+            learner.task_end(event)
+    assert learner.probe is not None and learner.probe_batch is not None
+    assert measured and all(k.startswith(("plasticity/hidden0/", "plasticity/hidden1/")) for k in measured)
+
+    with torch.no_grad():
+        generated = net.unflatten(net.generate_flat(torch.tensor([1]))[0]).items()
+    plain = build_model(cfg.model, learner.spec.input_dim, learner.spec.n_outputs)
+    with torch.no_grad():
+        for name, value in generated:
+            plain.get_parameter(name).copy_(value)
+    by_hand = PlasticityProbe(plain, learner.masks, cfg.probes.dormant_tau).measure(
+        dict(plain.named_parameters()), learner.probe_batch)
+    assert measured.keys() == by_hand.keys()
+    for key, value in by_hand.items():
+        assert measured[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+    assert by_hand["plasticity/hidden0/grad_norm"] > 0  # the loss gradient of the generated weights
 
 
-# -- 6. resume -------------------------------------------------------------------------------------
+# -- 7. resume -------------------------------------------------------------------------------------
 
 def test_hnet_resumes_exactly_after_task_1(tmp_path):
     cfg = config({"reg_tasks": 1}, epochs=2)

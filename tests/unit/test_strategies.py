@@ -38,8 +38,6 @@ def config(strategy: dict[str, Any], **groups: Any):
            "optim": {"name": "sgd", "lr": 0.1},
            "train": {"epochs": 1, "batch_size": BATCH, "eval_batch_size": 64},
            "engine": {"backend": "torch"}, "seed": 0}
-    if strategy.get("name") == "hnet":  # the probes cannot see generated weights: hnet refuses them
-        raw["probes"] = {"enabled": False}
     raw.update(groups)
     return build_config(raw)
 
