@@ -2,8 +2,9 @@
 hypernetworks", ICLR 2020; code: hypercl, hypnettorch, posterior_replay_cl).
 
 A hypernetwork h(e_t, Theta) generates every weight of the target network from a learned
-task embedding e_t, in chunks (``hypernet.py``). Only the current task's embedding trains:
-past ones are frozen through the masked-update facility, optimizer state included. At
+task embedding e_t, in chunks (``hypernet.py``). Only the current task's embedding (and,
+with ``per_task_chunks``, its chunk embeddings) trains: past ones are frozen through the
+masked-update facility, optimizer state included. At
 each task's start the outputs h(e_t', Theta*) of every past task are snapshotted as
 targets, and the loss adds the output regulariser
 
@@ -14,7 +15,9 @@ with P every past task, or (``reg_tasks``) that many of them drawn afresh each s
 class-incremental settings can infer each row's task (``inference=entropy``): the
 embedding whose prediction has the lowest entropy (HNET+ENT).
 
-Left out: the look-ahead (Delta Theta) of the paper's regulariser.
+beta multiplies a mean task loss: posterior_replay_cl's beta, on a loss summed over a task's
+N rows, is ours times N. Left out: the look-ahead (Delta Theta) of the paper's regulariser,
+which needs two backward passes per step (docs/hypernetworks.md).
 """
 
 from __future__ import annotations

@@ -14,8 +14,10 @@ Every parameter (task embeddings, chunk embeddings, the generator's layers) belo
 when ``HyperNet`` is called, and the number of contexts in a batch (data-dependent) never
 changes which modules run. (The layers are registered one by one, not in an
 ``nn.ParameterList``: a list is a submodule that is never called, so ZeRO-3 would leave its
-parameters partitioned, empty, inside the forward.) A row whose context is ``INFER`` runs in every trained context
-and keeps the prediction with the lowest entropy (HNET+ENT).
+parameters partitioned, empty, inside the forward.) A row whose context is ``INFER`` runs
+in every trained context and keeps the prediction with the lowest entropy (HNET+ENT). The
+plasticity probes see the target with one context's generated weights
+(``generated_network``, ``generated_weights``).
 """
 
 from __future__ import annotations
